@@ -1,0 +1,118 @@
+"""Group commit: one writer task that commits whatever writes are waiting as one transaction.
+
+SQLite allows a single writer and a durable commit costs an fsync, so
+throughput collapses into lock waits when every caller commits alone. Here
+callers queue an operation; the writer runs a batch of them in one
+transaction, each inside its own SAVEPOINT so one failing operation fails
+alone, commits once, and only then resolves each caller's future and
+publishes the batch's change events. An acknowledgement therefore always
+means "committed". PostgreSQL does not need this and runs operations directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .changes import Change, ChangeBus
+
+log = logging.getLogger("casella.store.writer")
+
+#: A write operation: runs inside a transaction, returns (result, change events).
+WriteOp = Callable[[AsyncSession], Awaitable[tuple[Any, list[Change]]]]
+
+
+class GroupCommitWriter:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus,
+                 max_batch: int = 512) -> None:
+        self._sessionmaker = sessionmaker
+        self._bus = bus
+        self._max_batch = max_batch
+        self._queue: list[tuple[WriteOp, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.batches = 0
+        self.operations = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="casella-group-commit")
+
+    async def submit(self, op: WriteOp) -> Any:
+        if self._closing:
+            raise RuntimeError("store is closing")
+        self.start()
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wakeup.set()
+        # Shielded: a caller that goes away (client disconnect) must not cancel a batch.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future]]) -> None:
+        outcomes: list[tuple[asyncio.Future, Any, list[Change] | None, BaseException | None]] = []
+        try:
+            async with self._sessionmaker() as session:
+                async with session.begin():
+                    if len(batch) == 1:
+                        # No savepoint needed: the transaction is the operation's own.
+                        op, future = batch[0]
+                        try:
+                            result, changes = await op(session)
+                            outcomes.append((future, result, changes, None))
+                        except Exception as exc:  # noqa: BLE001 - handed to the caller
+                            outcomes.append((future, None, None, exc))
+                            raise _RollbackSingle from exc
+                    else:
+                        for op, future in batch:
+                            try:
+                                async with session.begin_nested():
+                                    result, changes = await op(session)
+                                outcomes.append((future, result, changes, None))
+                            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                                outcomes.append((future, None, None, exc))
+        except _RollbackSingle:
+            pass
+        except Exception as exc:  # the commit itself failed: nobody's write is durable
+            log.exception("group commit of %d operations failed", len(batch))
+            for _op, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.operations += len(batch)
+        published: list[Change] = []
+        for future, result, changes, exc in outcomes:
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+                published.extend(changes or ())
+        if published:
+            self._bus.publish(published)
+
+
+class _RollbackSingle(Exception):
+    """Internal: roll back a one-operation batch whose operation failed."""
