@@ -26,14 +26,15 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import Integer as _Int
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from . import passwords
+from . import queries as q
 from .changes import (
     Change,
     ChangeBus,
@@ -93,6 +94,7 @@ from .types import (
 from .writer import GroupCommitWriter, WriteOp
 
 log = logging.getLogger("casella.store")
+T = TypeVar("T")
 
 HIERARCHY_DELIMITER = "/"
 MAX_MAILBOX_NAME = 1000
@@ -191,6 +193,11 @@ def _dummy_hash() -> str:
     return _DUMMY[0]
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
 def _account(row: AccountRow, domain: str) -> Account:
     return Account(
         id=row.id, address=row.address, domain=domain, quota_bytes=row.quota_bytes,
@@ -226,10 +233,8 @@ class MailStore:
                  auth_cache_seconds: float = 60.0, group_commit: bool | None = None) -> None:
         self.db = db
         self.bus = bus or ChangeBus()
-        self._reader = async_sessionmaker(db.reader, expire_on_commit=False)
-        self._writer_sessions = async_sessionmaker(db.writer, expire_on_commit=False)
         use_group_commit = db.is_sqlite if group_commit is None else group_commit
-        self._funnel = GroupCommitWriter(self._writer_sessions, self.bus) if use_group_commit else None
+        self._funnel = GroupCommitWriter(db, self.bus) if use_group_commit else None
         self._relay: PostgresRelay | None = None
         self._auth_cache_seconds = auth_cache_seconds
         self._auth_cache: dict[str, tuple[bytes, float, Account]] = {}
@@ -263,20 +268,19 @@ class MailStore:
             return (0, 0)
         return (self._funnel.batches, self._funnel.operations)
 
+    async def _read(self, fn: Callable[[Session], T]) -> T:
+        return await self.db.read(fn)
+
     async def _write(self, op: WriteOp) -> Any:
         if self._funnel is not None:
             return await self._funnel.submit(op)
         for attempt in range(5):
             try:
-                async with self._writer_sessions() as session:
-                    async with session.begin():
-                        result, changes = await op(session)
+                (result, changes), _ = (await self.db.write([op]))[0]
                 break
             except DBAPIError as exc:
                 # PostgreSQL: a deadlock or serialization failure is retried; anything else is real.
-                code = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(
-                    getattr(getattr(exc, "orig", None), "__cause__", None), "sqlstate", None)
-                if code not in ("40P01", "40001") or attempt == 4:
+                if _sqlstate(exc) not in ("40P01", "40001") or attempt == 4:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
         if changes:
@@ -288,36 +292,38 @@ class MailStore:
     async def add_domain(self, name: str) -> Domain:
         name = normalize_domain(name)
 
-        async def op(s: AsyncSession):
-            if await s.scalar(select(DomainRow.id).where(DomainRow.name == name)) is not None:
+        def op(s: Session):
+            if s.scalar(select(DomainRow.id).where(DomainRow.name == name)) is not None:
                 raise AlreadyExists(f"domain {name} already exists")
             row = DomainRow(name=name)
             s.add(row)
-            await s.flush()
+            s.flush()
             return Domain(row.id, row.name, None), []
 
         return await self._write(op)
 
     async def list_domains(self) -> tuple[Domain, ...]:
-        async with self._reader() as s:
-            rows = (await s.execute(select(DomainRow).order_by(DomainRow.name))).scalars().all()
+        def read(s: Session):
+            rows = (s.execute(select(DomainRow).order_by(DomainRow.name))).scalars().all()
             return tuple(Domain(r.id, r.name, r.catchall) for r in rows)
+        return await self._read(read)
 
     async def is_local_domain(self, name: str) -> bool:
-        async with self._reader() as s:
-            return await s.scalar(select(DomainRow.id).where(DomainRow.name == name.lower().rstrip("."))) is not None
+        def read(s: Session):
+            return s.scalar(select(DomainRow.id).where(DomainRow.name == name.lower().rstrip("."))) is not None
+        return await self._read(read)
 
     async def remove_domain(self, name: str) -> None:
         name = normalize_domain(name)
 
-        async def op(s: AsyncSession):
-            domain_id = await s.scalar(select(DomainRow.id).where(DomainRow.name == name))
+        def op(s: Session):
+            domain_id = s.scalar(select(DomainRow.id).where(DomainRow.name == name))
             if domain_id is None:
                 raise NotFound(f"no such domain: {name}")
-            if await s.scalar(select(AccountRow.id).where(AccountRow.domain_id == domain_id).limit(1)):
+            if s.scalar(select(AccountRow.id).where(AccountRow.domain_id == domain_id).limit(1)):
                 raise Forbidden(f"domain {name} still has accounts; remove them first")
-            await s.execute(delete(AliasRow).where(AliasRow.domain_id == domain_id))
-            await s.execute(delete(DomainRow).where(DomainRow.id == domain_id))
+            s.execute(delete(AliasRow).where(AliasRow.domain_id == domain_id))
+            s.execute(delete(DomainRow).where(DomainRow.id == domain_id))
             return None, []
 
         await self._write(op)
@@ -326,8 +332,8 @@ class MailStore:
         domain = normalize_domain(domain)
         target = normalize_address(target) if target else None
 
-        async def op(s: AsyncSession):
-            result = await s.execute(update(DomainRow).where(DomainRow.name == domain).values(catchall=target))
+        def op(s: Session):
+            result = s.execute(update(DomainRow).where(DomainRow.name == domain).values(catchall=target))
             if result.rowcount == 0:
                 raise NotFound(f"no such domain: {domain}")
             return None, []
@@ -353,18 +359,18 @@ class MailStore:
             raise StoreError("quota must be zero or more bytes")
         domain_name = address.rpartition("@")[2]
 
-        async def op(s: AsyncSession):
-            domain_id = await s.scalar(select(DomainRow.id).where(DomainRow.name == domain_name))
+        def op(s: Session):
+            domain_id = s.scalar(select(DomainRow.id).where(DomainRow.name == domain_name))
             if domain_id is None:
                 raise NotFound(f"unknown domain {domain_name}; add it first with 'casella domain add {domain_name}'")
-            if await s.scalar(select(AccountRow.id).where(AccountRow.address == address)) is not None:
+            if s.scalar(select(AccountRow.id).where(AccountRow.address == address)) is not None:
                 raise AlreadyExists(f"account {address} already exists")
             row = AccountRow(domain_id=domain_id, address=address, password_hash=password_hash,
                              quota_bytes=quota_bytes, used_bytes=0)
             s.add(row)
-            await s.flush()
+            s.flush()
             for name, role in DEFAULT_MAILBOXES:
-                await self._insert_mailbox(s, row.id, name, role.value if role else None)
+                self._insert_mailbox(s, row.id, name, role.value if role else None)
             return _account(row, domain_name), []
 
         return await self._write(op)
@@ -374,41 +380,44 @@ class MailStore:
             address = normalize_address(address)
         except InvalidName:
             return None
-        async with self._reader() as s:
-            row = (await s.execute(
+        def read(s: Session):
+            row = (s.execute(
                 select(AccountRow, DomainRow.name).join(DomainRow).where(AccountRow.address == address))).first()
             return _account(row[0], row[1]) if row else None
+        return await self._read(read)
 
     async def get_account_by_id(self, account_id: int) -> Account | None:
-        async with self._reader() as s:
-            row = (await s.execute(
+        def read(s: Session):
+            row = (s.execute(
                 select(AccountRow, DomainRow.name).join(DomainRow).where(AccountRow.id == account_id))).first()
             return _account(row[0], row[1]) if row else None
+        return await self._read(read)
 
     async def list_accounts(self, domain: str | None = None) -> tuple[Account, ...]:
-        async with self._reader() as s:
+        def read(s: Session):
             query = select(AccountRow, DomainRow.name).join(DomainRow).order_by(AccountRow.address)
             if domain:
                 query = query.where(DomainRow.name == normalize_domain(domain))
-            return tuple(_account(r[0], r[1]) for r in (await s.execute(query)).all())
+            return tuple(_account(r[0], r[1]) for r in (s.execute(query)).all())
+        return await self._read(read)
 
     async def remove_account(self, address: str) -> None:
         address = normalize_address(address)
 
-        async def op(s: AsyncSession):
-            account_id = await s.scalar(select(AccountRow.id).where(AccountRow.address == address))
+        def op(s: Session):
+            account_id = s.scalar(select(AccountRow.id).where(AccountRow.address == address))
             if account_id is None:
                 raise NotFound(f"no such account: {address}")
-            mailbox_ids = (await s.scalars(select(MailboxRow.id).where(MailboxRow.account_id == account_id))).all()
-            content_ids = set((await s.scalars(select(MailboxMessageRow.message_id).where(
+            mailbox_ids = (s.scalars(select(MailboxRow.id).where(MailboxRow.account_id == account_id))).all()
+            content_ids = set((s.scalars(select(MailboxMessageRow.message_id).where(
                 MailboxMessageRow.mailbox_id.in_(mailbox_ids)))).all()) if mailbox_ids else set()
             if mailbox_ids:
-                await s.execute(delete(MailboxMessageRow).where(MailboxMessageRow.mailbox_id.in_(mailbox_ids)))
-                await s.execute(delete(ExpungeRow).where(ExpungeRow.mailbox_id.in_(mailbox_ids)))
-                await s.execute(delete(MailboxRow).where(MailboxRow.id.in_(mailbox_ids)))
-            await s.execute(delete(MaildropLockRow).where(MaildropLockRow.account_id == account_id))
-            await s.execute(delete(AccountRow).where(AccountRow.id == account_id))
-            await self._collect_garbage(s, content_ids)
+                s.execute(delete(MailboxMessageRow).where(MailboxMessageRow.mailbox_id.in_(mailbox_ids)))
+                s.execute(delete(ExpungeRow).where(ExpungeRow.mailbox_id.in_(mailbox_ids)))
+                s.execute(delete(MailboxRow).where(MailboxRow.id.in_(mailbox_ids)))
+            s.execute(delete(MaildropLockRow).where(MaildropLockRow.account_id == account_id))
+            s.execute(delete(AccountRow).where(AccountRow.id == account_id))
+            self._collect_garbage(s, content_ids)
             return None, [MailboxDeleted(mailbox_id) for mailbox_id in mailbox_ids]
 
         await self._write(op)
@@ -432,8 +441,8 @@ class MailStore:
                                    pop3_delete_policy=Pop3DeletePolicy(policy).value if policy else None)
 
     async def _update_account(self, address: str, **values: Any) -> None:
-        async def op(s: AsyncSession):
-            result = await s.execute(update(AccountRow).where(AccountRow.address == address).values(**values))
+        def op(s: Session):
+            result = s.execute(update(AccountRow).where(AccountRow.address == address).values(**values))
             if result.rowcount == 0:
                 raise NotFound(f"no such account: {address}")
             return None, []
@@ -448,35 +457,36 @@ class MailStore:
         target = normalize_address(target)
         domain_name = source.rpartition("@")[2]
 
-        async def op(s: AsyncSession):
-            domain_id = await s.scalar(select(DomainRow.id).where(DomainRow.name == domain_name))
+        def op(s: Session):
+            domain_id = s.scalar(select(DomainRow.id).where(DomainRow.name == domain_name))
             if domain_id is None:
                 raise NotFound(f"unknown domain {domain_name}")
-            if await s.scalar(select(AliasRow.id).where(AliasRow.source == source, AliasRow.target == target)):
+            if s.scalar(select(AliasRow.id).where(AliasRow.source == source, AliasRow.target == target)):
                 raise AlreadyExists(f"alias {source} -> {target} already exists")
             row = AliasRow(domain_id=domain_id, source=source, target=target)
             s.add(row)
-            await s.flush()
+            s.flush()
             return Alias(row.id, source, target), []
 
         return await self._write(op)
 
     async def list_aliases(self, domain: str | None = None) -> tuple[Alias, ...]:
-        async with self._reader() as s:
+        def read(s: Session):
             query = select(AliasRow).order_by(AliasRow.source, AliasRow.target)
             if domain:
                 query = query.join(DomainRow).where(DomainRow.name == normalize_domain(domain))
-            return tuple(Alias(r.id, r.source, r.target) for r in (await s.scalars(query)).all())
+            return tuple(Alias(r.id, r.source, r.target) for r in (s.scalars(query)).all())
+        return await self._read(read)
 
     async def remove_alias(self, source: str, target: str | None = None) -> int:
         source = normalize_address(source)
         target = normalize_address(target) if target else None
 
-        async def op(s: AsyncSession):
+        def op(s: Session):
             query = delete(AliasRow).where(AliasRow.source == source)
             if target:
                 query = query.where(AliasRow.target == target)
-            result = await s.execute(query)
+            result = s.execute(query)
             if result.rowcount == 0:
                 raise NotFound(f"no such alias: {source}")
             return result.rowcount, []
@@ -505,14 +515,17 @@ class MailStore:
         cached = self._auth_cache.get(address)
         if cached and cached[1] > time.monotonic() and hmac.compare_digest(cached[0], digest):
             return cached[2]
-        async with self._reader() as s:
-            row = (await s.execute(
-                select(AccountRow, DomainRow.name).join(DomainRow).where(AccountRow.address == address))).first()
-            if row is None:
-                # Spend the same time as a real check so timing does not reveal which users exist.
-                await asyncio.to_thread(passwords.verify_password, _dummy_hash(), password)
-                return None
-            stored, account = row[0].password_hash, _account(row[0], row[1])
+        def read(s: Session):
+            row = s.execute(
+                select(AccountRow, DomainRow.name).join(DomainRow).where(AccountRow.address == address)).first()
+            return (row[0].password_hash, _account(row[0], row[1])) if row else None
+
+        found = await self._read(read)
+        if found is None:
+            # Spend the same time as a real check so timing does not reveal which users exist.
+            await asyncio.to_thread(passwords.verify_password, _dummy_hash(), password)
+            return None
+        stored, account = found
         if not await asyncio.to_thread(passwords.verify_password, stored, password):
             return None
         if passwords.needs_rehash(stored):
@@ -536,21 +549,24 @@ class MailStore:
         except InvalidName:
             return None
         local, _, domain_name = address.rpartition("@")
-        async with self._reader() as s:
-            domain = (await s.execute(select(DomainRow).where(DomainRow.name == domain_name))).scalar_one_or_none()
+        def read(s: Session):
+            domain = s.execute(select(DomainRow).where(DomainRow.name == domain_name)).scalar_one_or_none()
             if domain is None:
-                return Resolution(address, False, ())
-            catchall = domain.catchall
+                return None
             candidates = [address]
             if "+" in local:
                 candidates.append(local.split("+", 1)[0] + "@" + domain_name)
             for candidate in candidates:
-                account_id = await s.scalar(select(AccountRow.id).where(AccountRow.address == candidate))
-                targets = (await s.scalars(select(AliasRow.target).where(AliasRow.source == candidate))).all()
+                account_id = s.scalar(select(AccountRow.id).where(AccountRow.address == candidate))
+                targets = s.scalars(select(AliasRow.target).where(AliasRow.source == candidate)).all()
                 if account_id is not None or targets:
-                    break
-            else:
-                account_id, targets = None, []
+                    return domain.catchall, account_id, targets
+            return domain.catchall, None, []
+
+        found = await self._read(read)
+        if found is None:
+            return Resolution(address, False, ())
+        catchall, account_id, targets = found
         if account_id is None and not targets:
             if catchall and _depth == 0:
                 resolved = await self.resolve_recipient(catchall, _depth=_depth + 1)
@@ -569,59 +585,62 @@ class MailStore:
 
     async def owned_addresses(self, account_id: int) -> frozenset[str]:
         """The account's own address and every alias that leads to it (MAIL FROM on submission)."""
-        async with self._reader() as s:
-            address = await s.scalar(select(AccountRow.address).where(AccountRow.id == account_id))
+        def read(s: Session):
+            address = s.scalar(select(AccountRow.address).where(AccountRow.id == account_id))
             if address is None:
                 return frozenset()
-            sources = (await s.scalars(select(AliasRow.source).where(AliasRow.target == address))).all()
+            sources = (s.scalars(select(AliasRow.source).where(AliasRow.target == address))).all()
             return frozenset([address, *sources])
+        return await self._read(read)
 
     # ---------------------------------------------------------------- mailboxes
 
-    async def _next_uidvalidity(self, s: AsyncSession, account_id: int) -> int:
-        last = await s.scalar(select(AccountRow.last_uidvalidity).where(AccountRow.id == account_id)) or 0
+    def _next_uidvalidity(self, s: Session, account_id: int) -> int:
+        last = s.scalar(select(AccountRow.last_uidvalidity).where(AccountRow.id == account_id)) or 0
         value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
-        await s.execute(update(AccountRow).where(AccountRow.id == account_id).values(last_uidvalidity=value))
+        s.execute(update(AccountRow).where(AccountRow.id == account_id).values(last_uidvalidity=value))
         return value
 
-    async def _insert_mailbox(self, s: AsyncSession, account_id: int, name: str, special_use: str | None,
+    def _insert_mailbox(self, s: Session, account_id: int, name: str, special_use: str | None,
                               subscribed: bool = True) -> MailboxRow:
         row = MailboxRow(account_id=account_id, name=name,
-                         uidvalidity=await self._next_uidvalidity(s, account_id),
+                         uidvalidity=self._next_uidvalidity(s, account_id),
                          uidnext=1, highest_modseq=1, first_recent_uid=1,
                          special_use=special_use, subscribed=subscribed)
         s.add(row)
-        await s.flush()
+        s.flush()
         return row
 
     async def list_mailboxes(self, account_id: int) -> tuple[MailboxInfo, ...]:
-        async with self._reader() as s:
-            rows = (await s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
+        def read(s: Session):
+            rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
                                     .order_by(MailboxRow.name))).scalars().all()
             return tuple(_mailbox(r) for r in rows)
+        return await self._read(read)
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = normalize_mailbox_name(name)
-        async with self._reader() as s:
-            row = (await s.execute(select(MailboxRow).where(
+        def read(s: Session):
+            row = (s.execute(select(MailboxRow).where(
                 MailboxRow.account_id == account_id, MailboxRow.name == name))).scalar_one_or_none()
             return _mailbox(row) if row else None
+        return await self._read(read)
 
     async def create_mailbox(self, account_id: int, name: str,
                              special_use: SpecialUse | None = None) -> MailboxInfo:
         """Create a mailbox and any missing parents (RFC 3501 §6.3.3)."""
         name = normalize_mailbox_name(name)
 
-        async def op(s: AsyncSession):
-            existing = set((await s.scalars(select(MailboxRow.name).where(MailboxRow.account_id == account_id))).all())
+        def op(s: Session):
+            existing = set((s.scalars(select(MailboxRow.name).where(MailboxRow.account_id == account_id))).all())
             if name in existing:
                 raise MailboxExists(f"mailbox {name} already exists")
             levels = name.split(HIERARCHY_DELIMITER)
             for depth in range(1, len(levels)):
                 parent = HIERARCHY_DELIMITER.join(levels[:depth])
                 if parent not in existing:
-                    await self._insert_mailbox(s, account_id, parent, None, subscribed=False)
-            row = await self._insert_mailbox(s, account_id, name, special_use.value if special_use else None)
+                    self._insert_mailbox(s, account_id, parent, None, subscribed=False)
+            row = self._insert_mailbox(s, account_id, name, special_use.value if special_use else None)
             return _mailbox(row), []
 
         return await self._write(op)
@@ -631,20 +650,20 @@ class MailStore:
         if name == "INBOX":
             raise Forbidden("INBOX cannot be deleted")
 
-        async def op(s: AsyncSession):
-            row = await self._mailbox_row(s, account_id, name)
-            has_children = await s.scalar(select(MailboxRow.id).where(
+        def op(s: Session):
+            row = self._mailbox_row(s, account_id, name)
+            has_children = s.scalar(select(MailboxRow.id).where(
                 MailboxRow.account_id == account_id,
                 MailboxRow.name.startswith(name + HIERARCHY_DELIMITER, autoescape=True)).limit(1))
             if has_children:
                 raise MailboxNotEmpty(f"mailbox {name} has children; delete them first")
-            entries = (await s.execute(select(MailboxMessageRow.message_id, MailboxMessageRow.size)
+            entries = (s.execute(select(MailboxMessageRow.message_id, MailboxMessageRow.size)
                                        .where(MailboxMessageRow.mailbox_id == row.id))).all()
-            await s.execute(delete(MailboxMessageRow).where(MailboxMessageRow.mailbox_id == row.id))
-            await s.execute(delete(ExpungeRow).where(ExpungeRow.mailbox_id == row.id))
-            await s.execute(delete(MailboxRow).where(MailboxRow.id == row.id))
-            await self._add_usage(s, account_id, -sum(size for _, size in entries))
-            await self._collect_garbage(s, {content_id for content_id, _ in entries})
+            s.execute(delete(MailboxMessageRow).where(MailboxMessageRow.mailbox_id == row.id))
+            s.execute(delete(ExpungeRow).where(ExpungeRow.mailbox_id == row.id))
+            s.execute(delete(MailboxRow).where(MailboxRow.id == row.id))
+            self._add_usage(s, account_id, -sum(size for _, size in entries))
+            self._collect_garbage(s, {content_id for content_id, _ in entries})
             return None, [MailboxDeleted(row.id)]
 
         await self._write(op)
@@ -659,33 +678,33 @@ class MailStore:
         if new == old or new.startswith(old + HIERARCHY_DELIMITER):
             raise Forbidden("cannot rename a mailbox into itself or its own child")
 
-        async def op(s: AsyncSession):
-            source = await self._mailbox_row(s, account_id, old)
-            names = set((await s.scalars(select(MailboxRow.name).where(MailboxRow.account_id == account_id))).all())
+        def op(s: Session):
+            source = self._mailbox_row(s, account_id, old)
+            names = set((s.scalars(select(MailboxRow.name).where(MailboxRow.account_id == account_id))).all())
             if new in names:
                 raise MailboxExists(f"mailbox {new} already exists")
             levels = new.split(HIERARCHY_DELIMITER)
             for depth in range(1, len(levels)):
                 parent = HIERARCHY_DELIMITER.join(levels[:depth])
                 if parent not in names and parent != old:
-                    await self._insert_mailbox(s, account_id, parent, None, subscribed=False)
+                    self._insert_mailbox(s, account_id, parent, None, subscribed=False)
             changes: list[Change] = []
             if old == "INBOX":
-                target = await self._insert_mailbox(s, account_id, new, None)
-                uids = (await s.scalars(select(MailboxMessageRow.uid).where(
+                target = self._insert_mailbox(s, account_id, new, None)
+                uids = (s.scalars(select(MailboxMessageRow.uid).where(
                     MailboxMessageRow.mailbox_id == source.id).order_by(MailboxMessageRow.uid))).all()
                 target.uidnext = source.uidnext
                 target.highest_modseq = source.highest_modseq
                 if uids:
-                    modseq = await self._bump_modseq(s, source.id)
-                    await s.execute(update(MailboxMessageRow).where(MailboxMessageRow.mailbox_id == source.id)
+                    modseq = self._bump_modseq(s, source.id)
+                    s.execute(update(MailboxMessageRow).where(MailboxMessageRow.mailbox_id == source.id)
                                     .values(mailbox_id=target.id))
-                    await s.execute(insert(ExpungeRow), [
+                    s.execute(insert(ExpungeRow), [
                         {"mailbox_id": source.id, "uid": uid, "modseq": modseq} for uid in uids])
                     changes.append(MessagesExpunged(source.id, tuple(uids), modseq))
-                await s.flush()
+                s.flush()
                 return _mailbox(target), changes
-            children = (await s.execute(select(MailboxRow).where(
+            children = (s.execute(select(MailboxRow).where(
                 MailboxRow.account_id == account_id,
                 MailboxRow.name.startswith(old + HIERARCHY_DELIMITER, autoescape=True)))).scalars().all()
             for child in children:
@@ -694,7 +713,7 @@ class MailStore:
                     raise MailboxExists(f"mailbox {child_new} already exists")
                 child.name = child_new
             source.name = new
-            await s.flush()
+            s.flush()
             return _mailbox(source), changes
 
         return await self._write(op)
@@ -702,8 +721,8 @@ class MailStore:
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         name = normalize_mailbox_name(name)
 
-        async def op(s: AsyncSession):
-            result = await s.execute(update(MailboxRow).where(
+        def op(s: Session):
+            result = s.execute(update(MailboxRow).where(
                 MailboxRow.account_id == account_id, MailboxRow.name == name).values(subscribed=subscribed))
             if result.rowcount == 0:
                 raise NoSuchMailbox(f"no mailbox {name}")
@@ -714,8 +733,8 @@ class MailStore:
     async def set_special_use(self, account_id: int, name: str, special_use: SpecialUse | None) -> None:
         name = normalize_mailbox_name(name)
 
-        async def op(s: AsyncSession):
-            result = await s.execute(update(MailboxRow).where(
+        def op(s: Session):
+            result = s.execute(update(MailboxRow).where(
                 MailboxRow.account_id == account_id, MailboxRow.name == name)
                 .values(special_use=special_use.value if special_use else None))
             if result.rowcount == 0:
@@ -726,12 +745,13 @@ class MailStore:
 
     async def mailbox_status(self, account_id: int, name: str) -> MailboxStatus:
         name = normalize_mailbox_name(name)
-        async with self._reader() as s:
-            row = await self._mailbox_row(s, account_id, name)
-            return await self._status(s, row)
+        def read(s: Session):
+            row = self._mailbox_row(s, account_id, name)
+            return self._status(s, row)
+        return await self._read(read)
 
-    async def _status(self, s: AsyncSession, row: MailboxRow) -> MailboxStatus:
-        counts = (await s.execute(select(
+    def _status(self, s: Session, row: MailboxRow) -> MailboxStatus:
+        counts = (s.execute(select(
             func.count(),
             func.coalesce(func.sum((MailboxMessageRow.flags.op("&")(int(Flag.SEEN)) == 0).cast(_Int)), 0),
             func.coalesce(func.sum((MailboxMessageRow.uid >= row.first_recent_uid).cast(_Int)), 0),
@@ -741,20 +761,21 @@ class MailStore:
 
     async def list_status(self, account_id: int) -> tuple[MailboxStatus, ...]:
         """STATUS of every mailbox of the account in one read (LIST-STATUS, RFC 5819)."""
-        async with self._reader() as s:
-            rows = (await s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
+        def read(s: Session):
+            rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
                                     .order_by(MailboxRow.name))).scalars().all()
-            return tuple([await self._status(s, row) for row in rows])
+            return tuple([self._status(s, row) for row in rows])
+        return await self._read(read)
 
-    async def _mailbox_row(self, s: AsyncSession, account_id: int, name: str) -> MailboxRow:
-        row = (await s.execute(select(MailboxRow).where(
+    def _mailbox_row(self, s: Session, account_id: int, name: str) -> MailboxRow:
+        row = (s.execute(select(MailboxRow).where(
             MailboxRow.account_id == account_id, MailboxRow.name == name))).scalar_one_or_none()
         if row is None:
             raise NoSuchMailbox(f"no mailbox {name}")
         return row
 
-    async def _owned_mailbox(self, s: AsyncSession, account_id: int, mailbox_id: int) -> MailboxRow:
-        row = (await s.execute(select(MailboxRow).where(
+    def _owned_mailbox(self, s: Session, account_id: int, mailbox_id: int) -> MailboxRow:
+        row = (s.execute(select(MailboxRow).where(
             MailboxRow.id == mailbox_id, MailboxRow.account_id == account_id))).scalar_one_or_none()
         if row is None:
             raise NoSuchMailbox("no such mailbox")
@@ -767,31 +788,32 @@ class MailStore:
         name = normalize_mailbox_name(name)
         recent_from: int | None = None
         if not readonly:
-            async def claim(s: AsyncSession):
-                row = await self._mailbox_row(s, account_id, name)
+            def claim(s: Session):
+                row = self._mailbox_row(s, account_id, name)
                 first_recent = row.first_recent_uid
                 if row.uidnext > first_recent:
-                    await s.execute(update(MailboxRow).where(MailboxRow.id == row.id)
+                    s.execute(update(MailboxRow).where(MailboxRow.id == row.id)
                                     .values(first_recent_uid=row.uidnext))
                 return (first_recent, row.uidnext), []
 
             recent_from, recent_to = await self._write(claim)
-        async with self._reader() as s:
-            row = await self._mailbox_row(s, account_id, name)
-            rows = (await s.execute(select(*_META_COLUMNS).where(MailboxMessageRow.mailbox_id == row.id)
+        def read(s: Session):
+            row = self._mailbox_row(s, account_id, name)
+            rows = (s.execute(select(*_META_COLUMNS).where(MailboxMessageRow.mailbox_id == row.id)
                                     .order_by(MailboxMessageRow.uid))).all()
             messages = tuple(_meta(r) for r in rows)
             keywords = sorted({kw for m in messages for kw in m.keywords})
             recent = frozenset(m.uid for m in messages if recent_from is not None and recent_from <= m.uid < recent_to)
             return MailboxSnapshot(_mailbox(row), messages, recent, tuple(keywords))
+        return await self._read(read)
 
     async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,
                     cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
         """Entries for `uids` (those that still exist), in UID order, with parse cache and/or bytes."""
         if not uids:
             return ()
-        async with self._reader() as s:
-            await self._owned_mailbox(s, account_id, mailbox_id)
+        def read(s: Session):
+            self._owned_mailbox(s, account_id, mailbox_id)
             columns = [*_META_COLUMNS, MessageRow.header_size]
             if cache:
                 columns.append(MessageRow.parse_cache)
@@ -807,66 +829,63 @@ class MailStore:
                     query = query.where(MailboxMessageRow.uid.between(chunk[0], chunk[-1]))
                 else:
                     query = query.where(MailboxMessageRow.uid.in_(chunk))
-                for row in (await s.execute(query.order_by(MailboxMessageRow.uid))).all():
+                for row in (s.execute(query.order_by(MailboxMessageRow.uid))).all():
                     index = len(_META_COLUMNS) + 1
                     parse_cache = row[index] if cache else None
                     index += 1 if cache else 0
                     results.append(FetchedMessage(_meta(row), row[len(_META_COLUMNS)], parse_cache,
                                                   bytes(row[index]) if raw else None))
             return tuple(results)
+        return await self._read(read)
 
     async def read_content(self, account_id: int, content_id: int) -> bytes:
         """Raw bytes of one message content the account holds in any mailbox."""
-        async with self._reader() as s:
-            owned = await s.scalar(select(MailboxMessageRow.id).join(MailboxRow).where(
+        def read(s: Session):
+            owned = s.scalar(select(MailboxMessageRow.id).join(MailboxRow).where(
                 MailboxMessageRow.message_id == content_id, MailboxRow.account_id == account_id).limit(1))
             if owned is None:
                 raise NotFound("no such message")
-            data = await s.scalar(select(MessageRow.raw).where(MessageRow.id == content_id))
+            data = s.scalar(select(MessageRow.raw).where(MessageRow.id == content_id))
             return bytes(data)
+        return await self._read(read)
 
     async def changes_since(self, account_id: int, mailbox_id: int, modseq: int) -> ChangesSince:
         """RFC 7162: entries changed after `modseq` and UIDs expunged after it."""
-        async with self._reader() as s:
-            await self._owned_mailbox(s, account_id, mailbox_id)
-            changed = (await s.execute(select(*_META_COLUMNS).where(
+        def read(s: Session):
+            self._owned_mailbox(s, account_id, mailbox_id)
+            changed = (s.execute(select(*_META_COLUMNS).where(
                 MailboxMessageRow.mailbox_id == mailbox_id, MailboxMessageRow.modseq > modseq)
                 .order_by(MailboxMessageRow.uid))).all()
-            vanished = (await s.scalars(select(ExpungeRow.uid).where(
+            vanished = (s.scalars(select(ExpungeRow.uid).where(
                 ExpungeRow.mailbox_id == mailbox_id, ExpungeRow.modseq > modseq).order_by(ExpungeRow.uid))).all()
             return ChangesSince(tuple(_meta(r) for r in changed), tuple(vanished))
+        return await self._read(read)
 
     # ---------------------------------------------------------------- writing messages
 
-    async def _bump_modseq(self, s: AsyncSession, mailbox_id: int) -> int:
-        return (await s.execute(update(MailboxRow).where(MailboxRow.id == mailbox_id)
-                                .values(highest_modseq=MailboxRow.highest_modseq + 1)
-                                .returning(MailboxRow.highest_modseq))).scalar_one()
+    def _bump_modseq(self, s: Session, mailbox_id: int) -> int:
+        return s.connection().execute(q.BUMP_MODSEQ, {"mailbox_id": mailbox_id}).scalar_one()
 
-    async def _allocate_uids(self, s: AsyncSession, mailbox_id: int, count: int) -> tuple[int, int, int]:
+    def _allocate_uids(self, s: Session, mailbox_id: int, count: int) -> tuple[int, int, int]:
         """(first uid, new modseq, uidvalidity): the row lock orders concurrent writers on PostgreSQL."""
-        uidnext, modseq, uidvalidity = (await s.execute(
-            update(MailboxRow).where(MailboxRow.id == mailbox_id)
-            .values(uidnext=MailboxRow.uidnext + count, highest_modseq=MailboxRow.highest_modseq + 1)
-            .returning(MailboxRow.uidnext, MailboxRow.highest_modseq, MailboxRow.uidvalidity))).one()
+        uidnext, modseq, uidvalidity = s.connection().execute(
+            q.ALLOCATE_UIDS, {"mailbox_id": mailbox_id, "count": count}).one()
         return uidnext - count, modseq, uidvalidity
 
-    async def _add_usage(self, s: AsyncSession, account_id: int, delta: int) -> None:
+    def _add_usage(self, s: Session, account_id: int, delta: int) -> None:
         if delta:
-            await s.execute(update(AccountRow).where(AccountRow.id == account_id)
-                            .values(used_bytes=AccountRow.used_bytes + delta))
+            s.connection().execute(q.ADD_USAGE, {"account_id": account_id, "delta": delta})
 
-    async def _check_quota(self, s: AsyncSession, account_id: int, extra: int) -> None:
-        used, quota = (await s.execute(select(AccountRow.used_bytes, AccountRow.quota_bytes)
-                                       .where(AccountRow.id == account_id))).one()
+    def _check_quota(self, s: Session, account_id: int, extra: int) -> None:
+        used, quota = s.connection().execute(q.ACCOUNT_USAGE, {"account_id": account_id}).one()
         if quota is not None and used + extra > quota:
             raise OverQuota("quota exceeded")
 
-    async def _collect_garbage(self, s: AsyncSession, content_ids: Iterable[int]) -> None:
+    def _collect_garbage(self, s: Session, content_ids: Iterable[int]) -> None:
         """Delete contents no mailbox entry or queued message refers to any more."""
         ids = list(content_ids)
         for start in range(0, len(ids), 500):
-            await s.execute(delete(MessageRow).where(
+            s.execute(delete(MessageRow).where(
                 MessageRow.id.in_(ids[start:start + 500]),
                 ~exists().where(MailboxMessageRow.message_id == MessageRow.id),
                 ~exists().where(OutboundRow.message_id == MessageRow.id)))
@@ -880,11 +899,11 @@ class MailStore:
             return await asyncio.to_thread(work)
         return work()
 
-    async def _insert_content(self, s: AsyncSession, raw: bytes, digest: str, header_size: int,
+    def _insert_content(self, s: Session, raw: bytes, digest: str, header_size: int,
                               cache: dict) -> int:
-        return (await s.execute(insert(MessageRow).values(
-            sha256=digest, size=len(raw), header_size=header_size, raw=raw, parse_cache=cache,
-            created_at=datetime.now(timezone.utc)).returning(MessageRow.id))).scalar_one()
+        return s.connection().execute(q.INSERT_CONTENT, {
+            "sha256": digest, "size": len(raw), "header_size": header_size, "raw": raw, "parse_cache": cache,
+            "created_at": datetime.now(timezone.utc)}).scalar_one()
 
     async def deliver(self, raw: bytes, account_ids: Sequence[int], *, mailbox: str = "INBOX",
                       internaldate: datetime | None = None, enforce_quota: bool = True,
@@ -900,33 +919,31 @@ class MailStore:
         targets = sorted(set(account_ids))  # a fixed lock order: no deadlocks between deliveries
         size = len(raw)
 
-        async def op(s: AsyncSession):
-            content_id = await self._insert_content(s, raw, digest, header_size, cache)
+        def op(s: Session):
+            conn = s.connection()
+            content_id = self._insert_content(s, raw, digest, header_size, cache)
             deliveries, over_quota, changes, rows = [], [], [], []
             for account_id in targets:
-                used, quota = (await s.execute(select(AccountRow.used_bytes, AccountRow.quota_bytes)
-                                               .where(AccountRow.id == account_id))).one()
+                used, quota = conn.execute(q.ACCOUNT_USAGE, {"account_id": account_id}).one()
                 if enforce_quota and quota is not None and used + size > quota:
                     over_quota.append(account_id)
                     continue
-                mailbox_id = await s.scalar(select(MailboxRow.id).where(
-                    MailboxRow.account_id == account_id, MailboxRow.name == mailbox))
+                mailbox_id = conn.execute(q.MAILBOX_ID, {"account_id": account_id, "name": mailbox}).scalar()
                 if mailbox_id is None:
-                    mailbox_id = await s.scalar(select(MailboxRow.id).where(
-                        MailboxRow.account_id == account_id, MailboxRow.name == "INBOX"))
-                uid, modseq, _ = await self._allocate_uids(s, mailbox_id, 1)
+                    mailbox_id = conn.execute(q.MAILBOX_ID, {"account_id": account_id, "name": "INBOX"}).scalar()
+                uid, modseq, _ = self._allocate_uids(s, mailbox_id, 1)
                 rows.append({"mailbox_id": mailbox_id, "uid": uid, "message_id": content_id, "flags": 0,
                              "keywords": "", "internaldate": when, "modseq": modseq, "size": size})
-                await self._add_usage(s, account_id, size)
+                self._add_usage(s, account_id, size)
                 deliveries.append(Delivery(account_id, mailbox_id, uid))
                 changes.append(MessageAdded(mailbox_id, uid, modseq, 0, ()))
             if rows:
-                await s.execute(insert(MailboxMessageRow), rows)
+                conn.execute(q.INSERT_ENTRY, rows)
             queue_id = None
             if outbound_to:
-                queue_id = await self._insert_outbound(s, content_id, outbound_from or "", outbound_to)
+                queue_id = self._insert_outbound(s, content_id, outbound_from or "", outbound_to)
             if not rows and queue_id is None:
-                await s.execute(delete(MessageRow).where(MessageRow.id == content_id))
+                s.execute(delete(MessageRow).where(MessageRow.id == content_id))
             return DeliveryReport(content_id, tuple(deliveries), tuple(over_quota), queue_id), changes
 
         return await self._write(op)
@@ -939,15 +956,15 @@ class MailStore:
         when = internaldate or datetime.now(timezone.utc)
         keyword_text = _keywords_str(keywords)
 
-        async def op(s: AsyncSession):
-            row = await self._mailbox_row(s, account_id, mailbox)
-            await self._check_quota(s, account_id, len(raw))
-            content_id = await self._insert_content(s, raw, digest, header_size, cache)
-            uid, modseq, uidvalidity = await self._allocate_uids(s, row.id, 1)
-            await s.execute(insert(MailboxMessageRow).values(
+        def op(s: Session):
+            row = self._mailbox_row(s, account_id, mailbox)
+            self._check_quota(s, account_id, len(raw))
+            content_id = self._insert_content(s, raw, digest, header_size, cache)
+            uid, modseq, uidvalidity = self._allocate_uids(s, row.id, 1)
+            s.execute(insert(MailboxMessageRow).values(
                 mailbox_id=row.id, uid=uid, message_id=content_id, flags=flags, keywords=keyword_text,
                 internaldate=when, modseq=modseq, size=len(raw)))
-            await self._add_usage(s, account_id, len(raw))
+            self._add_usage(s, account_id, len(raw))
             return AppendResult(uidvalidity, uid), [
                 MessageAdded(row.id, uid, modseq, flags, _keywords_tuple(keyword_text))]
 
@@ -961,10 +978,10 @@ class MailStore:
         """
         target = normalize_mailbox_name(target)
 
-        async def op(s: AsyncSession):
-            await self._owned_mailbox(s, account_id, mailbox_id)
-            target_row = await self._mailbox_row(s, account_id, target)
-            entries = (await s.execute(select(
+        def op(s: Session):
+            self._owned_mailbox(s, account_id, mailbox_id)
+            target_row = self._mailbox_row(s, account_id, target)
+            entries = (s.execute(select(
                 MailboxMessageRow.uid, MailboxMessageRow.message_id, MailboxMessageRow.flags,
                 MailboxMessageRow.keywords, MailboxMessageRow.internaldate, MailboxMessageRow.size)
                 .where(MailboxMessageRow.mailbox_id == mailbox_id, MailboxMessageRow.uid.in_(list(uids)))
@@ -974,8 +991,8 @@ class MailStore:
             total = sum(entry.size for entry in entries)
             same_mailbox = target_row.id == mailbox_id
             if not (move and not same_mailbox):
-                await self._check_quota(s, account_id, total)
-            first_uid, modseq, uidvalidity = await self._allocate_uids(s, target_row.id, len(entries))
+                self._check_quota(s, account_id, total)
+            first_uid, modseq, uidvalidity = self._allocate_uids(s, target_row.id, len(entries))
             rows, changes = [], []
             for offset, entry in enumerate(entries):
                 # MOVE keeps flags; COPY keeps them too (RFC 3501: "flags SHOULD be preserved").
@@ -984,44 +1001,44 @@ class MailStore:
                              "internaldate": entry.internaldate, "modseq": modseq, "size": entry.size})
                 changes.append(MessageAdded(target_row.id, first_uid + offset, modseq,
                                             rows[-1]["flags"], _keywords_tuple(entry.keywords)))
-            await s.execute(insert(MailboxMessageRow), rows)
+            s.execute(insert(MailboxMessageRow), rows)
             if move:
                 source_uids = [entry.uid for entry in entries]
-                changes.append(await self._expunge_uids(s, mailbox_id, source_uids))
+                changes.append(self._expunge_uids(s, mailbox_id, source_uids))
             else:
-                await self._add_usage(s, account_id, total)
+                self._add_usage(s, account_id, total)
             return CopyResult(uidvalidity, tuple(e.uid for e in entries),
                               tuple(first_uid + i for i in range(len(entries)))), changes
 
         return await self._write(op)
 
-    async def _expunge_uids(self, s: AsyncSession, mailbox_id: int, uids: Sequence[int]) -> MessagesExpunged:
+    def _expunge_uids(self, s: Session, mailbox_id: int, uids: Sequence[int]) -> MessagesExpunged:
         """Remove entries, record tombstones; content and usage handled by the caller."""
-        modseq = await self._bump_modseq(s, mailbox_id)
+        modseq = self._bump_modseq(s, mailbox_id)
         for start in range(0, len(uids), 500):
             chunk = list(uids[start:start + 500])
-            await s.execute(delete(MailboxMessageRow).where(
+            s.execute(delete(MailboxMessageRow).where(
                 MailboxMessageRow.mailbox_id == mailbox_id, MailboxMessageRow.uid.in_(chunk)))
-        await s.execute(insert(ExpungeRow), [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq}
+        s.execute(insert(ExpungeRow), [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq}
                                              for uid in uids])
         return MessagesExpunged(mailbox_id, tuple(uids), modseq)
 
     async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None) -> tuple[int, ...]:
         """Remove the entries flagged \\Deleted (only those in `uids` when given: RFC 4315 UID EXPUNGE)."""
 
-        async def op(s: AsyncSession):
-            await self._owned_mailbox(s, account_id, mailbox_id)
+        def op(s: Session):
+            self._owned_mailbox(s, account_id, mailbox_id)
             query = select(MailboxMessageRow.uid, MailboxMessageRow.message_id, MailboxMessageRow.size).where(
                 MailboxMessageRow.mailbox_id == mailbox_id,
                 MailboxMessageRow.flags.op("&")(int(Flag.DELETED)) != 0)
             if uids is not None:
                 query = query.where(MailboxMessageRow.uid.in_(list(uids)))
-            entries = (await s.execute(query.order_by(MailboxMessageRow.uid))).all()
+            entries = (s.execute(query.order_by(MailboxMessageRow.uid))).all()
             if not entries:
                 return (), []
-            change = await self._expunge_uids(s, mailbox_id, [e.uid for e in entries])
-            await self._add_usage(s, account_id, -sum(e.size for e in entries))
-            await self._collect_garbage(s, {e.message_id for e in entries})
+            change = self._expunge_uids(s, mailbox_id, [e.uid for e in entries])
+            self._add_usage(s, account_id, -sum(e.size for e in entries))
+            self._collect_garbage(s, {e.message_id for e in entries})
             return change.uids, [change]
 
         return await self._write(op)
@@ -1038,12 +1055,12 @@ class MailStore:
             raise ValueError(f"bad store mode {mode}")
         keyword_set = set(keywords)
 
-        async def op(s: AsyncSession):
-            await self._owned_mailbox(s, account_id, mailbox_id)
+        def op(s: Session):
+            self._owned_mailbox(s, account_id, mailbox_id)
             rows = []
             uid_list = sorted(set(uids))
             for start in range(0, len(uid_list), 5000):
-                rows.extend((await s.execute(select(
+                rows.extend((s.execute(select(
                     MailboxMessageRow.id, MailboxMessageRow.uid, MailboxMessageRow.flags,
                     MailboxMessageRow.keywords, MailboxMessageRow.modseq).where(
                     MailboxMessageRow.mailbox_id == mailbox_id,
@@ -1065,10 +1082,10 @@ class MailStore:
                     pending.append((row, new_flags, _keywords_str(new_keywords)))
             if not pending:
                 return StoreResult((), tuple(sorted(failed))), []
-            modseq = await self._bump_modseq(s, mailbox_id)
+            modseq = self._bump_modseq(s, mailbox_id)
             updates, changes = [], []
             for row, new_flags, keyword_text in sorted(pending, key=lambda item: item[0].uid):
-                await s.execute(update(MailboxMessageRow).where(MailboxMessageRow.id == row.id)
+                s.execute(update(MailboxMessageRow).where(MailboxMessageRow.id == row.id)
                                 .values(flags=new_flags, keywords=keyword_text, modseq=modseq))
                 kw = _keywords_tuple(keyword_text)
                 updates.append(FlagUpdate(row.uid, new_flags, kw, modseq))
@@ -1081,12 +1098,13 @@ class MailStore:
 
     async def get_quota(self, account_id: int) -> tuple[int, int | None, int]:
         """(used bytes, limit or None, message count) for RFC 9208 GETQUOTA."""
-        async with self._reader() as s:
-            used, quota = (await s.execute(select(AccountRow.used_bytes, AccountRow.quota_bytes)
+        def read(s: Session):
+            used, quota = (s.execute(select(AccountRow.used_bytes, AccountRow.quota_bytes)
                                            .where(AccountRow.id == account_id))).one()
-            count = await s.scalar(select(func.count()).select_from(MailboxMessageRow).join(MailboxRow)
+            count = s.scalar(select(func.count()).select_from(MailboxMessageRow).join(MailboxRow)
                                    .where(MailboxRow.account_id == account_id))
             return int(used), quota, int(count or 0)
+        return await self._read(read)
 
     # ---------------------------------------------------------------- POP3
 
@@ -1094,13 +1112,13 @@ class MailStore:
         """Take the POP3 maildrop lock (RFC 1939 §8); False if another live session holds it."""
         now = datetime.now(timezone.utc)
 
-        async def op(s: AsyncSession):
-            await s.execute(delete(MaildropLockRow).where(
+        def op(s: Session):
+            s.execute(delete(MaildropLockRow).where(
                 MaildropLockRow.account_id == account_id,
                 or_(MaildropLockRow.expires_at < now, MaildropLockRow.holder == holder)))
             try:
-                async with s.begin_nested():
-                    await s.execute(insert(MaildropLockRow).values(
+                with s.begin_nested():
+                    s.execute(insert(MaildropLockRow).values(
                         account_id=account_id, holder=holder, expires_at=now + timedelta(seconds=ttl_seconds)))
             except IntegrityError:
                 return False, []
@@ -1109,8 +1127,8 @@ class MailStore:
         return await self._write(op)
 
     async def release_maildrop(self, account_id: int, holder: str) -> None:
-        async def op(s: AsyncSession):
-            await s.execute(delete(MaildropLockRow).where(
+        def op(s: Session):
+            s.execute(delete(MaildropLockRow).where(
                 MaildropLockRow.account_id == account_id, MaildropLockRow.holder == holder))
             return None, []
 
@@ -1118,21 +1136,22 @@ class MailStore:
 
     async def pop3_listing(self, account_id: int) -> Pop3Listing:
         """INBOX as POP3 sees it: entries not hidden by the `keep` policy, in UID order."""
-        async with self._reader() as s:
-            row = await self._mailbox_row(s, account_id, "INBOX")
-            rows = (await s.execute(select(*_META_COLUMNS).where(
+        def read(s: Session):
+            row = self._mailbox_row(s, account_id, "INBOX")
+            rows = (s.execute(select(*_META_COLUMNS).where(
                 MailboxMessageRow.mailbox_id == row.id,
                 MailboxMessageRow.flags.op("&")(int(Flag.POP3_HIDDEN)) == 0).order_by(MailboxMessageRow.uid))).all()
             return Pop3Listing(row.uidvalidity, tuple(_meta(r) for r in rows))
+        return await self._read(read)
 
     async def pop3_apply_deletes(self, account_id: int, uids: Sequence[int], policy: Pop3DeletePolicy) -> int:
         """Apply a POP3 session's DELEs at QUIT, in one transaction (RFC 1939 §6)."""
         if not uids:
             return 0
 
-        async def op(s: AsyncSession):
-            inbox = await self._mailbox_row(s, account_id, "INBOX")
-            entries = (await s.execute(select(
+        def op(s: Session):
+            inbox = self._mailbox_row(s, account_id, "INBOX")
+            entries = (s.execute(select(
                 MailboxMessageRow.id, MailboxMessageRow.uid, MailboxMessageRow.message_id, MailboxMessageRow.size,
                 MailboxMessageRow.flags, MailboxMessageRow.keywords, MailboxMessageRow.internaldate)
                 .where(MailboxMessageRow.mailbox_id == inbox.id, MailboxMessageRow.uid.in_(list(uids)))
@@ -1141,24 +1160,24 @@ class MailStore:
                 return 0, []
             changes: list[Change] = []
             if policy == Pop3DeletePolicy.KEEP:
-                modseq = await self._bump_modseq(s, inbox.id)
+                modseq = self._bump_modseq(s, inbox.id)
                 for entry in entries:
                     new_flags = entry.flags | int(Flag.SEEN | Flag.POP3_HIDDEN)
-                    await s.execute(update(MailboxMessageRow).where(MailboxMessageRow.id == entry.id)
+                    s.execute(update(MailboxMessageRow).where(MailboxMessageRow.id == entry.id)
                                     .values(flags=new_flags, modseq=modseq))
                     changes.append(FlagsChanged(inbox.id, entry.uid, modseq, new_flags,
                                                 _keywords_tuple(entry.keywords)))
                 return len(entries), changes
             if policy == Pop3DeletePolicy.ARCHIVE:
-                archive = (await s.execute(select(MailboxRow).where(
+                archive = (s.execute(select(MailboxRow).where(
                     MailboxRow.account_id == account_id, MailboxRow.special_use == SpecialUse.ARCHIVE.value)
                     .order_by(MailboxRow.id).limit(1))).scalar_one_or_none()
                 if archive is None:
-                    archive = (await s.execute(select(MailboxRow).where(
+                    archive = (s.execute(select(MailboxRow).where(
                         MailboxRow.account_id == account_id, MailboxRow.name == "Archive"))).scalar_one_or_none()
                 if archive is None:
-                    archive = await self._insert_mailbox(s, account_id, "Archive", SpecialUse.ARCHIVE.value)
-                first_uid, modseq, _ = await self._allocate_uids(s, archive.id, len(entries))
+                    archive = self._insert_mailbox(s, account_id, "Archive", SpecialUse.ARCHIVE.value)
+                first_uid, modseq, _ = self._allocate_uids(s, archive.id, len(entries))
                 rows = []
                 for offset, entry in enumerate(entries):
                     flags = (entry.flags | int(Flag.SEEN)) & ~int(Flag.POP3_HIDDEN)
@@ -1167,38 +1186,39 @@ class MailStore:
                                  "modseq": modseq, "size": entry.size})
                     changes.append(MessageAdded(archive.id, first_uid + offset, modseq, flags,
                                                 _keywords_tuple(entry.keywords)))
-                await s.execute(insert(MailboxMessageRow), rows)
-                changes.append(await self._expunge_uids(s, inbox.id, [e.uid for e in entries]))
+                s.execute(insert(MailboxMessageRow), rows)
+                changes.append(self._expunge_uids(s, inbox.id, [e.uid for e in entries]))
                 return len(entries), changes
-            changes.append(await self._expunge_uids(s, inbox.id, [e.uid for e in entries]))
-            await self._add_usage(s, account_id, -sum(e.size for e in entries))
-            await self._collect_garbage(s, {e.message_id for e in entries})
+            changes.append(self._expunge_uids(s, inbox.id, [e.uid for e in entries]))
+            self._add_usage(s, account_id, -sum(e.size for e in entries))
+            self._collect_garbage(s, {e.message_id for e in entries})
             return len(entries), changes
 
         return await self._write(op)
 
     # ---------------------------------------------------------------- outbound queue
 
-    async def _insert_outbound(self, s: AsyncSession, content_id: int, mail_from: str,
+    def _insert_outbound(self, s: Session, content_id: int, mail_from: str,
                                recipients: Sequence[str]) -> int:
         now = datetime.now(timezone.utc)
-        queue_id = (await s.execute(insert(OutboundRow).values(
+        queue_id = (s.execute(insert(OutboundRow).values(
             message_id=content_id, mail_from=mail_from, created_at=now, next_attempt_at=now, attempts=0,
             delayed_notice_sent=False).returning(OutboundRow.id))).scalar_one()
-        await s.execute(insert(OutboundRecipientRow), [
+        s.execute(insert(OutboundRecipientRow), [
             {"queue_id": queue_id, "address": rcpt, "domain": rcpt.rpartition("@")[2].lower(), "status": "pending"}
             for rcpt in recipients])
         return queue_id
 
     async def list_outbound(self) -> tuple[OutboundItem, ...]:
-        async with self._reader() as s:
-            rows = (await s.execute(select(OutboundRow).order_by(OutboundRow.id))).scalars().all()
+        def read(s: Session):
+            rows = (s.execute(select(OutboundRow).order_by(OutboundRow.id))).scalars().all()
             items = []
             for row in rows:
-                rcpts = (await s.scalars(select(OutboundRecipientRow.address).where(
+                rcpts = (s.scalars(select(OutboundRecipientRow.address).where(
                     OutboundRecipientRow.queue_id == row.id, OutboundRecipientRow.status == "pending"))).all()
                 items.append(OutboundItem(row.id, row.mail_from, tuple(rcpts), row.message_id,
                                           _as_utc(row.created_at), _as_utc(row.next_attempt_at),
                                           row.attempts, row.last_error))
             return tuple(items)
+        return await self._read(read)
 

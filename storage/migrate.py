@@ -41,9 +41,7 @@ class SchemaState:
 
 
 async def schema_state(db: Database) -> SchemaState:
-    async with db.writer.connect() as conn:
-        current = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
-        await conn.rollback()
+    current = await db.run_connection(lambda conn: MigrationContext.configure(conn).get_current_revision())
     return SchemaState(current, head_revision())
 
 
@@ -54,5 +52,4 @@ async def upgrade(db: Database, revision: str = "head") -> None:
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)
 
-    async with db.writer.begin() as conn:
-        await conn.run_sync(run)
+    await db.run_connection(run)

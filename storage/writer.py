@@ -2,32 +2,33 @@
 
 SQLite allows a single writer and a durable commit costs an fsync, so
 throughput collapses into lock waits when every caller commits alone. Here
-callers queue an operation; the writer runs a batch of them in one
-transaction, each inside its own SAVEPOINT so one failing operation fails
-alone, commits once, and only then resolves each caller's future and
-publishes the batch's change events. An acknowledgement therefore always
-means "committed". PostgreSQL does not need this and runs operations directly.
+callers queue an operation; while one batch runs on the writer thread the
+next one gathers, then runs in one transaction, each operation inside its own
+SAVEPOINT so one failing operation fails alone. Only after the commit does
+each caller's future resolve and the batch's change events go out: an
+acknowledgement always means "committed". PostgreSQL does not need this and
+runs operations directly.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from .changes import Change, ChangeBus
+from .engine import Database
 
 log = logging.getLogger("casella.store.writer")
 
 #: A write operation: runs inside a transaction, returns (result, change events).
-WriteOp = Callable[[AsyncSession], Awaitable[tuple[Any, list[Change]]]]
+WriteOp = Callable[[Session], tuple[Any, list[Change]]]
 
 
 class GroupCommitWriter:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus,
-                 max_batch: int = 512) -> None:
-        self._sessionmaker = sessionmaker
+    def __init__(self, db: Database, bus: ChangeBus, max_batch: int = 512) -> None:
+        self._db = db
         self._bus = bus
         self._max_batch = max_batch
         self._queue: list[tuple[WriteOp, asyncio.Future]] = []
@@ -70,31 +71,11 @@ class GroupCommitWriter:
                 return
 
     async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future]]) -> None:
-        outcomes: list[tuple[asyncio.Future, Any, list[Change] | None, BaseException | None]] = []
         try:
-            async with self._sessionmaker() as session:
-                async with session.begin():
-                    if len(batch) == 1:
-                        # No savepoint needed: the transaction is the operation's own.
-                        op, future = batch[0]
-                        try:
-                            result, changes = await op(session)
-                            outcomes.append((future, result, changes, None))
-                        except Exception as exc:  # noqa: BLE001 - handed to the caller
-                            outcomes.append((future, None, None, exc))
-                            raise _RollbackSingle from exc
-                    else:
-                        for op, future in batch:
-                            try:
-                                async with session.begin_nested():
-                                    result, changes = await op(session)
-                                outcomes.append((future, result, changes, None))
-                            except Exception as exc:  # noqa: BLE001 - handed to the caller
-                                outcomes.append((future, None, None, exc))
-        except _RollbackSingle:
-            pass
-        except Exception as exc:  # the commit itself failed: nobody's write is durable
-            log.exception("group commit of %d operations failed", len(batch))
+            outcomes = await self._db.write([op for op, _ in batch])
+        except Exception as exc:  # the transaction failed: nobody's write is durable
+            if len(batch) > 1:
+                log.exception("group commit of %d operations failed", len(batch))
             for _op, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -102,17 +83,14 @@ class GroupCommitWriter:
         self.batches += 1
         self.operations += len(batch)
         published: list[Change] = []
-        for future, result, changes, exc in outcomes:
+        for (_op, future), (result, exc) in zip(batch, outcomes):
             if future.done():
                 continue
             if exc is not None:
                 future.set_exception(exc)
             else:
-                future.set_result(result)
+                value, changes = result
+                future.set_result(value)
                 published.extend(changes or ())
         if published:
             self._bus.publish(published)
-
-
-class _RollbackSingle(Exception):
-    """Internal: roll back a one-operation batch whose operation failed."""

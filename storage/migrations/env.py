@@ -4,9 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from storage.engine import normalize_url
+from storage.engine import create_database
 from storage.models import Base
 
 config = context.config
@@ -21,10 +19,11 @@ def _run(connection) -> None:  # noqa: ANN001
 
 
 async def _online() -> None:
-    engine = create_async_engine(normalize_url(config.get_main_option("sqlalchemy.url")))
-    async with engine.begin() as conn:
-        await conn.run_sync(_run)
-    await engine.dispose()
+    db = create_database(config.get_main_option("sqlalchemy.url"))
+    try:
+        await db.run_connection(_run)
+    finally:
+        await db.dispose()
 
 
 if context.is_offline_mode():
