@@ -1,0 +1,250 @@
+"""One SMTP connection: aiosmtpd's `SMTP` protocol with Casella's limits, EHLO and logging.
+
+aiosmtpd parses commands and drives the handler (`handler.py`); this subclass
+adds what it lacks: per-address connection limits, an idle timeout that counts
+any bytes received (not only commands, so a slow 50 MB upload is not cut),
+a budget of commands before MAIL, enhanced status codes on every reply
+(RFC 2034), our EHLO list, a graceful shutdown and one log line per connection.
+
+RFC 3207 §4.2 (STARTTLS): aiosmtpd clears the plaintext read buffer when the
+handshake completes (`SMTP.connection_made`), so commands pipelined after
+STARTTLS in the same packet are discarded, never run inside TLS
+(CVE-2011-0411); tests/test_smtp_security.py proves it with a raw socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from config import TlsMode
+
+from . import replies
+
+if TYPE_CHECKING:
+    from ..daemon import App
+    from .handler import SmtpHandler
+
+log = logging.getLogger("casella.smtp")
+
+IDENT = "Casella ESMTP"
+# RFC 5321 §4.5.3.1.4 gives 512 octets for a command line; MAIL grows by SIZE (RFC 1870 §8: 26),
+# SMTPUTF8 (10) and BODY=8BITMIME (15). RFC 4954 §4 lets AUTH lines be as long as the reader allows.
+_COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
+
+
+class CasellaSession(Session):
+    """aiosmtpd's session (reset on STARTTLS, RFC 3207 §4.2) plus the authenticated account."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.account: Any = None
+        self.owned: frozenset[str] | None = None
+
+    # aiosmtpd's smtp_AUTH still sets this deprecated attribute and logs a warning each time.
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class CasellaEnvelope(Envelope):
+    """One mail transaction: where each accepted recipient goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local_ids: dict[int, None] = {}  # ordered set of account ids
+        self.remote: list[str] = []
+
+
+class SmtpConnection(SMTP):
+    def __init__(self, handler: "SmtpHandler", app: "App", listener_name: str, listener: Any,
+                 registry: set["SmtpConnection"]) -> None:
+        settings = app.settings.smtp
+        # Read by SMTP.__init__ to size the StreamReader: RFC 5321 §4.5.3.1.6 allows 1000 octets
+        # per line with CRLF, plus one for a transparency dot (RFC 5321 §4.5.2).
+        self.line_length_limit = settings.max_line_length + 1
+        self.app = app
+        self.listener_name = listener_name
+        self.implicit_tls = listener.tls is TlsMode.IMPLICIT
+        starttls = app.tls.ssl_context if (listener.tls is TlsMode.STARTTLS and app.tls) else None
+        super().__init__(
+            handler, data_size_limit=settings.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+            hostname=app.hostname, ident=IDENT, tls_context=starttls, timeout=settings.idle_timeout,
+            # AUTH policy (which port, TLS or loopback) lives in the handler's handle_AUTH.
+            auth_required=False, auth_require_tls=False, loop=asyncio.get_running_loop())
+        # aiosmtpd keeps these limits on the class and grows them on every EHLO; ours are per connection.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit, _COMMAND_LIMITS)
+        self.command_size_limits["AUTH"] = self.line_length_limit
+        # Lower-case mechanism names from sloppy clients ("auth login") mean the same thing.
+        for mechanism, impl in list(self._auth_methods.items()):
+            self._auth_methods.setdefault(mechanism.lower(), impl)
+        self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
+        self.handler = handler
+        self.registry = registry
+        self.max_commands = settings.max_commands_before_mail
+        self.max_connections = settings.max_connections_per_ip
+        self.peer_ip = "?"
+        self.busy = 0  # >0 while waiting on the store: not idle, whatever the client does
+        self.current: str | None = None
+        self.auth_user: str | None = None
+        self.helo: str | None = None
+        self.tls_used: str | None = None
+        self.messages = 0
+        self.rejected = 0
+        self.close_reason = "closed by client"
+        self._commands_without_mail = 0
+        self._last_activity = time.monotonic()
+        self._started = time.monotonic()
+        self._refused = False
+        self._accounted = False
+
+    # ------------------------------------------------------------ connection life
+
+    def _create_session(self) -> CasellaSession:
+        return CasellaSession(self.loop)
+
+    def _create_envelope(self) -> CasellaEnvelope:
+        return CasellaEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None and self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            self.peer_ip = str(peer[0]) if peer else "?"
+            if not self.app.connections.acquire(("smtp", self.peer_ip), self.max_connections):
+                self._refused = True
+                log.info("smtp connection refused listener=%s peer=%s: over %d connections from one address",
+                         self.listener_name, self.peer_ip, self.max_connections)
+                transport.write(replies.TOO_MANY_CONNECTIONS.format(host=self.app.hostname).encode() + b"\r\n")
+                transport.close()
+                return
+            self._accounted = True
+            self.registry.add(self)
+        super().connection_made(transport)
+        self.tls_used = self.tls_description()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._accounted:
+            self._accounted = False
+            self.app.connections.release(("smtp", self.peer_ip))
+            self.registry.discard(self)
+            self._log_connection(error)
+        super().connection_lost(error)
+
+    def _log_connection(self, error: Exception | None) -> None:
+        reason = self.close_reason if error is None else f"{self.close_reason} ({error.__class__.__name__})"
+        duration = time.monotonic() - self._started
+        fields = {"listener": self.listener_name, "peer": self.peer_ip, "helo": self.helo, "tls": self.tls_used,
+                  "user": self.auth_user, "messages": self.messages, "rejected": self.rejected,
+                  "seconds": round(duration, 3), "reason": reason}
+        log.info("smtp connection listener=%s peer=%s helo=%s tls=%s user=%s messages=%d rejected=%d "
+                 "seconds=%.3f reason=%s", self.listener_name, self.peer_ip, self.helo, self.tls_used or "-",
+                 self.auth_user or "-", self.messages, self.rejected, duration, reason, extra={"fields": fields})
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        idle = time.monotonic() - self._last_activity
+        if self.busy or idle < self._timeout_duration:
+            self._reset_timeout(max(self._timeout_duration - idle, 0.05) if not self.busy else None)
+            return
+        self.close_reason = "idle timeout"
+        self._say_and_close(replies.IDLE_TIMEOUT.format(host=self.hostname))
+
+    def _say_and_close(self, line: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(line.encode() + b"\r\n")
+            self.transport.close()
+
+    # ------------------------------------------------------------ shutdown
+
+    def close_if_idle(self) -> bool:
+        """Shutdown: close a connection between transactions now, leave one mid-transaction be."""
+        if self.busy or self.current is not None or (self.envelope is not None and self.envelope.mail_from):
+            return False
+        self.close_reason = "server shutdown"
+        self._say_and_close(replies.SHUTTING_DOWN.format(host=self.hostname))
+        return True
+
+    def close(self) -> None:
+        self.close_reason = "server shutdown (forced)"
+        self._say_and_close(replies.SHUTTING_DOWN.format(host=self.hostname))
+
+    # ------------------------------------------------------------ commands
+
+    @property
+    def tls_active(self) -> bool:
+        return self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
+
+    def tls_description(self) -> str | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if ssl_object is None:
+            return None
+        cipher = ssl_object.cipher()
+        bits = f" bits={cipher[2]}" if cipher and cipher[2] else ""
+        return f"version={ssl_object.version()} cipher={cipher[0] if cipher else '?'}{bits}"
+
+    def _counted(self, name: str, method: Any) -> Any:
+        async def run(arg: str | None) -> None:
+            # A budget of commands outside a mail transaction stops address harvesting and
+            # connections held open with NOOP/RSET/VRFY (Postfix's junk command limit).
+            if name != "QUIT" and not (self.envelope and self.envelope.mail_from):
+                self._commands_without_mail += 1
+                if self._commands_without_mail > self.max_commands:
+                    self.close_reason = "too many commands before MAIL"
+                    await self.push(replies.TOO_MANY_COMMANDS.format(host=self.hostname))
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+            self.current = name
+            try:
+                await method(arg)
+            finally:
+                self.current = None
+            if name == "MAIL" and self.envelope and self.envelope.mail_from:
+                self._commands_without_mail = 0
+            elif name == "QUIT":
+                self.close_reason = "quit"
+
+        return run
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status != f"250 {self.hostname}":  # HELO reply: no code (RFC 2034 §4)
+            status = replies.enhance(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        self.helo = hostname
+        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "PIPELINING",
+                 "ENHANCEDSTATUSCODES"]
+        if self.tls_context and not self._tls_protocol:  # RFC 3207 §4.2: not once TLS is active
+            lines.append("STARTTLS")
+        if self.handler.auth_offered(self):
+            lines.append("AUTH PLAIN LOGIN")
+        for index, line in enumerate(lines):
+            sep = " " if index == len(lines) - 1 else "-"
+            await SMTP.push(self, f"250{sep}{line}")
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await super().smtp_HELO(hostname)
+        if self.session is not None and self.session.host_name:
+            self.helo = self.session.host_name
