@@ -111,6 +111,10 @@ class Pop3Settings(Strict):
     # RFC 1939 §3 requires at least 10 minutes.
     idle_timeout: float = Field(default=600.0, ge=1)
     max_connections_per_ip: int = Field(default=50, ge=1)
+    # The maildrop lock outlives a crashed process by at most this long; live sessions renew it.
+    maildrop_lock_seconds: float = Field(default=120.0, ge=3)
+    # Longest command line accepted (RFC 2449 §4 allows 255 octets; AUTH responses need more).
+    max_line_length: int = Field(default=4096, ge=256)
 
 
 class ImapSettings(Strict):

@@ -1,6 +1,0 @@
-"""Placeholder: the pop3 listener is being built (see the open issue)."""
-from __future__ import annotations
-
-
-async def start(app, name, role, listener, sock):  # noqa: ANN001
-    raise NotImplementedError("pop3 is not implemented yet")

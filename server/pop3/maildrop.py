@@ -1,0 +1,246 @@
+"""POP3 backend: the cred checker and realm over MailStore, and the maildrop adapter (the avatar).
+
+The realm takes the maildrop lock (RFC 1939 §8: exclusive access) and a
+snapshot of INBOX at login (RFC 1939 §8: message numbers and sizes are fixed
+for the session); `Maildrop` answers Twisted's synchronous `IMailbox` getters
+from that snapshot, records DELE in memory and applies them at QUIT in one
+store transaction (RFC 1939 §6). Also the wire form of a message: CRLF line
+ends and dot-stuffing (RFC 1939 §3), TOP's headers + n lines (RFC 1939 §7).
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet import defer
+from twisted.mail.pop3 import IMailbox
+from zope.interface import implementer
+
+from storage import Account, MessageMeta, Pop3DeletePolicy, Pop3Listing
+
+from ..auth import AuthResult
+from ..bridge import as_deferred
+
+log = logging.getLogger("casella.pop3")
+
+
+# ---------------------------------------------------------------- cred
+
+
+class LockedOut(cred_error.UnauthorizedLogin):
+    """Too many failed logins from this address (the shared throttle)."""
+
+
+class MaildropInUse(cred_error.LoginDenied):
+    """Another live session holds this account's maildrop lock (RFC 2449 §8.1.1 [IN-USE])."""
+
+
+@implementer(IUsernamePassword)
+class ClientCredentials:
+    """A username/password plus where it came from, so the checker can throttle per address."""
+
+    def __init__(self, username: str, password: str, ip: str) -> None:
+        self.username = username
+        self.password = password
+        self.ip = ip
+
+    def checkPassword(self, password: str) -> bool:  # noqa: N802 - IUsernamePassword
+        # Our checker never compares plaintext; argon2 verification happens in the store.
+        raise NotImplementedError
+
+
+class StoreChecker:
+    """ICredentialsChecker over `app.authenticator` (argon2 in a thread, shared throttling)."""
+
+    credentialInterfaces = (IUsernamePassword,)  # noqa: N815 - Twisted's attribute name
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - server.daemon.App
+        self.app = app
+
+    def requestAvatarId(self, credentials: ClientCredentials) -> defer.Deferred:  # noqa: N802
+        async def check() -> Account:
+            result, account = await self.app.authenticator.check(
+                credentials.username, credentials.password, credentials.ip, "pop3")
+            if result == AuthResult.LOCKED:
+                raise LockedOut()
+            if result != AuthResult.OK or account is None:
+                raise cred_error.UnauthorizedLogin()
+            return account
+
+        return as_deferred(check())
+
+
+class Realm:
+    """IRealm: the avatar is a `Maildrop` opened under the maildrop lock.
+
+    `mind` is the session: it provides `holder` (a lock holder id unique to the
+    session, valid across processes) and the idle timeout the lock outlives.
+    """
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.app = app
+
+    def requestAvatar(self, account: Account, mind, *interfaces):  # noqa: N802, ANN001
+        if IMailbox not in interfaces:
+            raise NotImplementedError("POP3 avatars provide IMailbox only")
+        return as_deferred(self._open(account, mind.holder))
+
+    async def _open(self, account: Account, holder: str):
+        store = self.app.store
+        settings = self.app.settings.pop3
+        if not await store.acquire_maildrop(account.id, holder, settings.maildrop_lock_seconds):
+            raise MaildropInUse()
+        try:
+            listing = await store.pop3_listing(account.id)
+        except BaseException:
+            await store.release_maildrop(account.id, holder)
+            raise
+        policy = account.pop3_delete_policy or Pop3DeletePolicy(settings.delete_policy)
+        maildrop = Maildrop(self.app, account, holder, listing, policy)
+        return IMailbox, maildrop, maildrop.logout
+
+
+# ---------------------------------------------------------------- the avatar
+
+
+def uidl_for(uidvalidity: int, uid: int) -> str:
+    """RFC 1939 §7 unique-id: UID then UIDVALIDITY in hex (Dovecot's %08Xu%08Xv).
+
+    UIDs are never reused while UIDVALIDITY stands, and a new UIDVALIDITY
+    changes every value, so an id is never given to two different messages.
+    """
+    return f"{uid:08X}{uidvalidity:08X}"
+
+
+@implementer(IMailbox)
+class Maildrop:
+    """INBOX as it stood at login; indexes are 0-based here, 1-based on the wire."""
+
+    def __init__(self, app, account: Account, holder: str, listing: Pop3Listing,  # noqa: ANN001
+                 policy: Pop3DeletePolicy) -> None:
+        self.app = app
+        self.account = account
+        self.holder = holder
+        self.policy = policy
+        self.uidvalidity = listing.uidvalidity
+        self.messages: tuple[MessageMeta, ...] = listing.messages
+        self.deleted: set[int] = set()
+        self.released = False
+        self._release: defer.Deferred | None = None
+
+    # Casella's view -------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def meta(self, index: int) -> MessageMeta:
+        return self.messages[index]
+
+    def uidl(self, index: int) -> str:
+        return uidl_for(self.uidvalidity, self.messages[index].uid)
+
+    def live(self) -> list[int]:
+        """Indexes not marked deleted (RFC 1939 §5: STAT/LIST/UIDL skip them)."""
+        return [i for i in range(len(self.messages)) if i not in self.deleted]
+
+    def live_octets(self) -> int:
+        return sum(m.size for i, m in enumerate(self.messages) if i not in self.deleted)
+
+    async def read(self, index: int) -> bytes:
+        return await self.app.store.read_content(self.account.id, self.messages[index].content_id)
+
+    async def apply_deletes(self) -> int:
+        """RFC 1939 §6 UPDATE state: every DELE in one transaction."""
+        uids = sorted(self.messages[i].uid for i in self.deleted)
+        if not uids:
+            return 0
+        return await self.app.store.pop3_apply_deletes(self.account.id, uids, self.policy)
+
+    async def refresh_lock(self) -> bool:
+        return await self.app.store.acquire_maildrop(self.account.id, self.holder,
+                                                     self.app.settings.pop3.maildrop_lock_seconds)
+
+    def release(self) -> defer.Deferred:
+        """Release the maildrop lock once; the Deferred fires when it is gone (never fails)."""
+        if self._release is None:
+            self.released = True
+            d = as_deferred(self.app.store.release_maildrop(self.account.id, self.holder))
+            d.addErrback(lambda failure: log.warning(
+                "maildrop lock of %s not released (it expires by itself): %s",
+                self.account.address, failure.getErrorMessage()))
+            self._release = d
+        result: defer.Deferred = defer.Deferred()
+        self._release.addBoth(lambda value: (result.callback(None), value)[1])
+        return result
+
+    def logout(self) -> None:
+        self.release()
+
+    # Twisted's IMailbox (sync getters from the snapshot) -------------------
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < len(self.messages):
+            raise ValueError(index)
+
+    def listMessages(self, index: int | None = None):  # noqa: N802, ANN201
+        if index is None:
+            return [0 if i in self.deleted else m.size for i, m in enumerate(self.messages)]
+        self._check(index)
+        return 0 if index in self.deleted else self.messages[index].size
+
+    def getMessage(self, index: int) -> defer.Deferred:  # noqa: N802
+        self._check(index)
+        return as_deferred(self.read(index)).addCallback(io.BytesIO)
+
+    def getUidl(self, index: int) -> bytes:  # noqa: N802
+        self._check(index)
+        return self.uidl(index).encode("ascii")
+
+    def deleteMessage(self, index: int) -> None:  # noqa: N802
+        self._check(index)
+        self.deleted.add(index)
+
+    def undeleteMessages(self) -> None:  # noqa: N802
+        self.deleted.clear()
+
+    def sync(self) -> defer.Deferred:
+        return as_deferred(self.apply_deletes())
+
+
+# ---------------------------------------------------------------- wire form
+
+
+def top_end(data: bytes, body_lines: int) -> int:
+    """Offset just past the headers, the blank line and `body_lines` body lines (CRLF data)."""
+    if data.startswith(b"\r\n"):
+        position = 2  # no header fields at all: the body starts after the blank line
+    else:
+        blank = data.find(b"\r\n\r\n")
+        if blank < 0:
+            return len(data)  # all headers: RFC 1939 §7 sends what there is
+        position = blank + 4
+    for _ in range(body_lines):
+        end = data.find(b"\r\n", position)
+        if end < 0:
+            return len(data)
+        position = end + 2
+    return position
+
+
+def to_wire(raw: bytes, body_lines: int | None = None) -> bytes:
+    """A multi-line response body: CRLF line ends, dot-stuffed, with the terminating `.` line.
+
+    Stored CRLF messages come out byte for byte; bare LF becomes CRLF (RFC 1939 §3).
+    """
+    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if body_lines is not None:
+        data = data[:top_end(data, body_lines)]
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    # RFC 1939 §3: a line starting with the termination octet gets one more.
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    return data + b".\r\n"
