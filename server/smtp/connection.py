@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ log = logging.getLogger("casella.smtp")
 IDENT = "Casella ESMTP"
 # RFC 5321 §4.5.3.1.4 gives 512 octets for a command line; MAIL grows by SIZE (RFC 1870 §8: 26),
 # SMTPUTF8 (10) and BODY=8BITMIME (15). RFC 4954 §4 lets AUTH lines be as long as the reader allows.
+# Sloppy mailers write `MAIL FROM:Name <addr>`: one phrase then one angle address is unambiguous.
+_PHRASE_THEN_ADDRESS = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"|[^<>"@]*?)\s*(<[^<>]*>)(.*)$')
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
 
 
@@ -224,6 +227,12 @@ class SmtpConnection(SMTP):
         if isinstance(status, str) and status != f"250 {self.hostname}":  # HELO reply: no code (RFC 2034 §4)
             status = replies.enhance(status)
         await super().push(status)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PHRASE_THEN_ADDRESS.match(arg or "")
+        if match and not arg.lstrip().startswith("<"):
+            arg = match.group(1) + match.group(2)
+        return super()._getaddr(arg)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:

@@ -145,6 +145,9 @@ class SmtpHandler:
 
     async def handle_MAIL(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                           address: str, options: list[str]) -> str:
+        if address != "<>" and "@" not in address:
+            conn.rejected += 1
+            return replies.BAD_ADDRESS  # RFC 5321 §4.1.2: a reverse-path is <> or a full mailbox
         if self.role == "submission":
             if session.account is None:
                 conn.rejected += 1
