@@ -1,6 +1,0 @@
-"""Placeholder: the imap listener is being built (see the open issue)."""
-from __future__ import annotations
-
-
-async def start(app, name, role, listener, sock):  # noqa: ANN001
-    raise NotImplementedError("imap is not implemented yet")

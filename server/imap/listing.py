@@ -1,0 +1,154 @@
+"""LIST and LSUB (RFC 3501 §6.3.8-9) with LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819),
+SPECIAL-USE attributes (RFC 6154) and CHILDREN (RFC 3348).
+
+Names are Unicode in the store and modified UTF-7 on the wire; `*` matches
+across levels, `%` within one; INBOX matches case-insensitively. The store
+creates parents along with children, so no mailbox is ever \\Noselect and
+\\NonExistent never appears (except LSUB's RFC 3501 placeholder for an
+unsubscribed parent of a subscribed child).
+"""
+from __future__ import annotations
+
+import re
+
+from . import utf7
+from .parser import Atom, ParseError, quote
+
+DELIMITER = "/"
+_SELECTION = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
+_RETURN = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "/*%"):
+        pattern = "INBOX" + pattern[5:]
+    out = []
+    for char in pattern:
+        if char == "*":
+            out.append(".*")
+        elif char == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _patterns(token) -> list[bytes]:  # noqa: ANN001
+    if isinstance(token, list):
+        if not token:
+            raise ParseError("empty pattern list")
+        items = token
+    else:
+        items = [token]
+    result = []
+    for item in items:
+        if isinstance(item, list):
+            raise ParseError("bad mailbox pattern")
+        result.append(bytes(item))
+    return result
+
+
+async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
+    selection: set[bytes] = set()
+    returns: set[bytes] = set()
+    status_items: list[bytes] = []
+    if not lsub and isinstance(args.peek(), list):
+        for item in args.list("selection options"):
+            if not isinstance(item, Atom) or bytes(item).upper() not in _SELECTION:
+                raise ParseError("unknown LIST selection option")
+            selection.add(bytes(item).upper())
+        if selection == {b"RECURSIVEMATCH"} or (b"RECURSIVEMATCH" in selection and selection <= {
+                b"RECURSIVEMATCH", b"REMOTE"}):
+            raise ParseError("RECURSIVEMATCH needs another selection option")
+    reference = args.astring("reference")
+    patterns = _patterns(args.next("mailbox pattern"))
+    if not lsub and args.more():
+        word = args.atom("RETURN")
+        if word.upper() != b"RETURN":
+            raise ParseError("RETURN expected")
+        options = args.list("return options")
+        index = 0
+        while index < len(options):
+            item = options[index]
+            if not isinstance(item, Atom) or bytes(item).upper() not in _RETURN:
+                raise ParseError("unknown LIST return option")
+            option = bytes(item).upper()
+            returns.add(option)
+            if option == b"STATUS":
+                index += 1
+                if index >= len(options) or not isinstance(options[index], list):
+                    raise ParseError("STATUS needs an item list")
+                from .protocol import _STATUS_ITEMS
+
+                for status_item in options[index]:
+                    if not isinstance(status_item, Atom) or bytes(status_item).upper() not in _STATUS_ITEMS:
+                        raise ParseError("unknown status item")
+                    status_items.append(bytes(status_item).upper())
+            index += 1
+    args.end()
+    verb = b"LSUB" if lsub else b"LIST"
+    if len(patterns) == 1 and patterns[0] == b"" and not selection:
+        # §6.3.8: an empty pattern asks for the delimiter and the root of the reference.
+        session.send(b"* " + verb + b' (\\Noselect) "/" ""')
+        return
+    regexes = [pattern_regex(utf7.decode(reference + pattern)) for pattern in patterns]
+    mailboxes = await session.store.list_mailboxes(session.account.id)
+    names = [mb.name for mb in mailboxes]
+    subscribed = {mb.name for mb in mailboxes if mb.subscribed}
+
+    def has_children(name: str) -> bool:
+        prefix = name + DELIMITER
+        return any(other.startswith(prefix) for other in names)
+
+    def matches(name: str) -> bool:
+        return any(regex.match(name) for regex in regexes)
+
+    lines: list[bytes] = []
+    if lsub:
+        listed = set()
+        for name in names:
+            if name in subscribed and matches(name):
+                lines.append(b"* LSUB () \"/\" " + quote(utf7.encode(name)))
+                listed.add(name)
+        # RFC 3501 §6.3.9: with %, an unsubscribed parent of a subscribed child shows as \Noselect.
+        for name in sorted(subscribed):
+            levels = name.split(DELIMITER)
+            for depth in range(1, len(levels)):
+                parent = DELIMITER.join(levels[:depth])
+                if parent not in listed and parent not in subscribed and matches(parent):
+                    lines.append(b"* LSUB (\\Noselect) \"/\" " + quote(utf7.encode(parent)))
+                    listed.add(parent)
+        if lines:
+            session.write(b"\r\n".join(lines) + b"\r\n")
+        return
+
+    statuses = {}
+    if status_items:
+        statuses = {status.mailbox.name: status for status in await session.store.list_status(session.account.id)}
+    show_subscribed = b"SUBSCRIBED" in selection or b"SUBSCRIBED" in returns
+    for mailbox in mailboxes:
+        name = mailbox.name
+        if not matches(name):
+            continue
+        extra = b""
+        if b"SUBSCRIBED" in selection and name not in subscribed:
+            if b"RECURSIVEMATCH" in selection and any(
+                    other.startswith(name + DELIMITER) for other in subscribed):
+                extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
+            else:
+                continue
+        if b"SPECIAL-USE" in selection and mailbox.special_use is None:
+            continue
+        attrs = [b"\\HasChildren" if has_children(name) else b"\\HasNoChildren"]
+        if show_subscribed and name in subscribed:
+            attrs.append(b"\\Subscribed")
+        if mailbox.special_use is not None:
+            attrs.append(mailbox.special_use.value.encode())
+        encoded = quote(utf7.encode(name))
+        lines.append(b"* LIST (" + b" ".join(attrs) + b") \"/\" " + encoded + extra)
+        if status_items and name in statuses:
+            from .protocol import status_items as render_status
+
+            lines.append(b"* STATUS " + encoded + b" " + render_status(statuses[name], status_items))
+    if lines:
+        session.write(b"\r\n".join(lines) + b"\r\n")

@@ -1,0 +1,212 @@
+"""One session's view of its selected mailbox (RFC 3501 §2.3.1.2, §7.4.1).
+
+The view holds the UIDs the session has announced, in order (sequence number
+= position + 1), with their flags and modseq. Store change events are queued
+and applied only when `flush()` is called at a point where RFC 3501 allows
+untagged updates: EXISTS and FETCH FLAGS after any command, EXPUNGE (or
+RFC 7162 VANISHED) never after FETCH, STORE or SEARCH, so sequence numbers
+never shift under a client's feet. Events are applied idempotently (by UID
+and per-message modseq), so an event that raced with the SELECT snapshot is
+harmless.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from storage.changes import FlagsChanged, MailboxDeleted, MessageAdded, MessagesExpunged
+from storage.types import VISIBLE_FLAGS_MASK, MailboxInfo, MailboxSnapshot, flags_to_names
+
+from .parser import STAR, ParseError, format_uid_set
+
+
+@dataclass
+class Entry:
+    flags: int
+    keywords: tuple[str, ...]
+    modseq: int
+
+
+class MailboxView:
+    def __init__(self, snapshot: MailboxSnapshot, readonly: bool) -> None:
+        self.info: MailboxInfo = snapshot.mailbox
+        self.id = snapshot.mailbox.id
+        self.readonly = readonly
+        self.uids: list[int] = [m.uid for m in snapshot.messages]
+        self.entries: dict[int, Entry] = {m.uid: Entry(m.flags, m.keywords, m.modseq) for m in snapshot.messages}
+        self.meta = {m.uid: m for m in snapshot.messages}
+        self.recent: set[int] = set(snapshot.recent_uids)
+        self.keywords: set[str] = set(snapshot.keywords)
+        self.uidnext = snapshot.mailbox.uidnext
+        self.highest_modseq = snapshot.mailbox.highest_modseq
+        self.pending_added: dict[int, Entry] = {}
+        self.pending_expunged: set[int] = set()
+        self.dirty: set[int] = set()
+        self.gone: set[int] = set()
+        self.deleted = False
+        self.new_keywords = False
+        # UIDs whose FETCH FLAGS this session already reported itself (its own STORE).
+        self.self_reported: dict[int, int] = {}
+
+    # ---------------------------------------------------------------- lookups
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        index = bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            return index + 1
+        return None
+
+    def flag_names(self, uid: int) -> tuple[str, ...]:
+        entry = self.entries[uid]
+        names = flags_to_names(entry.flags & VISIBLE_FLAGS_MASK, entry.keywords)
+        if uid in self.recent:
+            names = names + ("\\Recent",)
+        return names
+
+    def resolve(self, ranges: list[tuple[int, int]], uid: bool) -> list[int]:
+        """UIDs (ascending) named by a sequence set; §6.4.8 rules for UID sets."""
+        if not uid:
+            count = len(self.uids)
+            result: set[int] = set()
+            for lo, hi in ranges:
+                if count == 0:
+                    if lo == STAR or hi == STAR:
+                        continue
+                    raise ParseError("no messages in mailbox")
+                lo = count if lo == STAR else lo
+                hi = count if hi == STAR else hi
+                if lo > hi:
+                    lo, hi = hi, lo
+                if hi > count:
+                    raise ParseError("sequence number out of range")
+                result.update(self.uids[lo - 1:hi])
+            return sorted(result)
+        if not self.uids:
+            return []
+        top = self.uids[-1]
+        chosen: set[int] = set()
+        for lo, hi in ranges:
+            lo = top if lo == STAR else lo
+            hi = top if hi == STAR else hi
+            if lo > hi:
+                lo, hi = hi, lo
+            start = bisect_left(self.uids, lo)
+            end = bisect_left(self.uids, hi + 1)
+            chosen.update(self.uids[start:end])
+        return sorted(chosen)
+
+    # ---------------------------------------------------------------- events
+
+    def apply(self, change) -> None:  # noqa: ANN001
+        if isinstance(change, MessageAdded):
+            self.highest_modseq = max(self.highest_modseq, change.modseq)
+            if change.uid in self.entries or change.uid in self.gone:
+                return
+            if self.uids and change.uid <= self.uids[-1]:
+                return
+            self.pending_added[change.uid] = Entry(change.flags, change.keywords, change.modseq)
+            self.uidnext = max(self.uidnext, change.uid + 1)
+        elif isinstance(change, MessagesExpunged):
+            self.highest_modseq = max(self.highest_modseq, change.modseq)
+            for uid in change.uids:
+                self.gone.add(uid)
+                self.pending_added.pop(uid, None)
+                if uid in self.entries:
+                    self.pending_expunged.add(uid)
+        elif isinstance(change, FlagsChanged):
+            self.highest_modseq = max(self.highest_modseq, change.modseq)
+            entry = self.entries.get(change.uid) or self.pending_added.get(change.uid)
+            if entry is None or change.modseq <= entry.modseq:
+                return
+            entry.flags, entry.keywords, entry.modseq = change.flags, change.keywords, change.modseq
+            if change.uid in self.entries and self.self_reported.get(change.uid) != change.modseq:
+                self.dirty.add(change.uid)
+            self._learn_keywords(change.keywords)
+        elif isinstance(change, MailboxDeleted):
+            self.deleted = True
+
+    def _learn_keywords(self, keywords: tuple[str, ...]) -> None:
+        for keyword in keywords:
+            if keyword not in self.keywords:
+                self.keywords.add(keyword)
+                self.new_keywords = True
+
+    def update_own(self, uid: int, flags: int, keywords: tuple[str, ...], modseq: int) -> None:
+        """This session's own STORE: apply now, so its echo from the bus is not reported twice."""
+        entry = self.entries.get(uid)
+        if entry is None:
+            return
+        if modseq >= entry.modseq:
+            entry.flags, entry.keywords, entry.modseq = flags, keywords, modseq
+        self.self_reported[uid] = modseq
+        self.dirty.discard(uid)
+        self.highest_modseq = max(self.highest_modseq, modseq)
+        self._learn_keywords(keywords)
+
+    def add_recent(self, uids) -> None:  # noqa: ANN001
+        self.recent.update(uid for uid in uids if uid in self.entries or uid in self.pending_added)
+
+    def flush(self, *, allow_expunge: bool, condstore: bool, qresync: bool,
+              flags_line) -> list[bytes]:  # noqa: ANN001
+        """Untagged responses for queued changes that may be reported now."""
+        out: list[bytes] = []
+        if self.new_keywords:
+            self.new_keywords = False
+            out.append(flags_line())
+        if allow_expunge and self.pending_expunged:
+            gone = sorted(self.pending_expunged)
+            self.pending_expunged.clear()
+            if qresync:
+                # RFC 7162 §3.2.10: VANISHED replaces EXPUNGE once QRESYNC is enabled.
+                for uid in gone:
+                    self._remove(uid)
+                out.append(b"* VANISHED " + format_uid_set(gone))
+            else:
+                for uid in gone:
+                    seq = self.seq_of(uid)
+                    if seq is None:
+                        continue
+                    self._remove(uid)
+                    out.append(b"* %d EXPUNGE" % seq)
+        if self.pending_added:
+            for uid in sorted(self.pending_added):
+                entry = self.pending_added.pop(uid)
+                self.uids.append(uid)
+                self.entries[uid] = entry
+                self._learn_keywords(entry.keywords)
+            if self.new_keywords:
+                self.new_keywords = False
+                out.append(flags_line())
+            out.append(b"* %d EXISTS" % len(self.uids))
+            out.append(b"* %d RECENT" % len(self.recent))
+        if self.dirty:
+            for uid in sorted(self.dirty):
+                if uid in self.pending_expunged:
+                    continue
+                seq = self.seq_of(uid)
+                if seq is None:
+                    continue
+                entry = self.entries[uid]
+                names = " ".join(self.flag_names(uid)).encode("utf-8")
+                extra = b""
+                if qresync:
+                    extra += b" UID %d" % uid
+                if condstore:
+                    extra += b" MODSEQ (%d)" % entry.modseq
+                out.append(b"* %d FETCH (FLAGS (%s)%s)" % (seq, names, extra))
+            self.dirty.clear()
+        self.self_reported.clear()
+        return out
+
+    def _remove(self, uid: int) -> None:
+        index = bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            del self.uids[index]
+        self.entries.pop(uid, None)
+        self.meta.pop(uid, None)
+        self.recent.discard(uid)
+        self.dirty.discard(uid)
