@@ -253,6 +253,12 @@ class SmtpConnection(SMTP):
             sep = " " if index == len(lines) - 1 else "-"
             await SMTP.push(self, f"250{sep}{line}")
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.tls_active:  # aiosmtpd would start TLS inside TLS
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_HELO(self, hostname: str) -> None:
         await super().smtp_HELO(hostname)
         if self.session is not None and self.session.host_name:

@@ -48,6 +48,11 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
+def _malformed(address: str) -> bool:
+    """Control characters, or invalid UTF-8 (surrogate-escaped by aiosmtpd), never form an address."""
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in address)
+
+
 def _header_text(value: str | None) -> bytes:
     """A client-supplied token for a header: UTF-8 as received, controls replaced."""
     raw = (value or "").encode("utf-8", "surrogateescape")
@@ -145,7 +150,7 @@ class SmtpHandler:
 
     async def handle_MAIL(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                           address: str, options: list[str]) -> str:
-        if address != "<>" and "@" not in address:
+        if address != "<>" and ("@" not in address or _malformed(address)):
             conn.rejected += 1
             return replies.BAD_ADDRESS  # RFC 5321 §4.1.2: a reverse-path is <> or a full mailbox
         if self.role == "submission":
@@ -175,6 +180,9 @@ class SmtpHandler:
 
     async def handle_RCPT(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                           address: str, options: list[str]) -> str:
+        if "@" not in address or _malformed(address):
+            conn.rejected += 1
+            return replies.BAD_ADDRESS
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             conn.rejected += 1
             return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.8

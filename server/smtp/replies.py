@@ -35,6 +35,7 @@ LINE_TOO_LONG = "500 5.5.2 Line too long"  # RFC 5321 §4.5.3.1.6
 SYNTAX_ERROR = "500 5.5.2 Syntax error"
 NOT_RECOGNIZED = "500 5.5.1 Command not recognized"
 AUTH_NOT_AVAILABLE = "503 5.5.1 AUTH not available on this port"
+TLS_ACTIVE = "554 5.5.1 TLS already active"
 ALREADY_AUTHENTICATED = "503 5.5.1 Already authenticated"
 NESTED_MAIL = "503 5.5.1 Nested MAIL command"
 NEED_MAIL = "503 5.5.1 Need MAIL command first"
