@@ -116,3 +116,11 @@ class Raw:
             self.sock.close()
         except OSError:
             pass
+
+
+def smtp_deliver(server, user, raw: bytes | None = None) -> None:  # noqa: ANN001
+    """Deliver through the daemon's own MX listener (in-process events on every backend)."""
+    import smtplib
+
+    with smtplib.SMTP(server.host, server.port("smtp"), timeout=LINE_TIMEOUT) as smtp:
+        smtp.sendmail("sender@remote.test", [user.address], raw or message())

@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.mail.imap4 import IMAP4Server
 
 from server.auth import AuthResult, decode_sasl_plain
+from storage.changes import FlagsChanged, MessageAdded, MessagesExpunged
 from storage.errors import (
     AlreadyExists,
     Forbidden,
@@ -454,7 +455,39 @@ class ImapSession(IMAP4Server):
 
     async def cmd_noop(self, tag: bytes, args: Args) -> bytes:
         args.end()
+        await self._resync()
         return b"NOOP completed"
+
+    async def _resync(self) -> None:
+        """Catch up with writers the change bus does not reach (another process on SQLite).
+
+        One cheap read when nothing changed; otherwise the store's modseq log
+        (RFC 7162 §3) becomes the same events the bus would have delivered.
+        """
+        view = self.view
+        if view is None:
+            return
+        info = await self.store.get_mailbox(self.account.id, view.info.name)
+        if self.view is not view:
+            return
+        if info is None or info.id != view.id:
+            view.deleted = True
+            return
+        if info.highest_modseq <= view.highest_modseq:
+            return
+        changes = await self.store.changes_since(self.account.id, view.id, view.highest_modseq)
+        if self.view is not view:
+            return
+        if changes.vanished:
+            view.apply(MessagesExpunged(view.id, tuple(changes.vanished), info.highest_modseq))
+        for meta in changes.changed:
+            if meta.uid in view.entries:
+                view.apply(FlagsChanged(view.id, meta.uid, meta.modseq, meta.flags, meta.keywords))
+            else:
+                view.apply(MessageAdded(view.id, meta.uid, meta.modseq, meta.flags, meta.keywords))
+                if meta.uid in view.pending_added:
+                    view.meta[meta.uid] = meta
+        view.highest_modseq = max(view.highest_modseq, info.highest_modseq)
 
     async def cmd_logout(self, tag: bytes, args: Args) -> None:
         args.end()
@@ -593,6 +626,11 @@ class ImapSession(IMAP4Server):
             self._close_mailbox()
             raise
         view = MailboxView(snapshot, readonly)
+        if readonly:
+            # EXAMINE shows \Recent without claiming it (§6.3.2): the newest `recent` UIDs.
+            status = await self.store.mailbox_status(self.account.id, name)
+            if status.recent:
+                view.recent = set(view.uids[-status.recent:])
         early, self._early = self._early or [], None
         for change in early:
             view.apply(change)
@@ -791,6 +829,7 @@ class ImapSession(IMAP4Server):
 
     async def cmd_idle(self, tag: bytes, args: Args) -> None:
         args.end()
+        await self._resync()
         lines = self._updates(allow_expunge=True)
         lines.append(b"+ idling")
         self.write(b"\r\n".join(lines) + b"\r\n")
@@ -802,6 +841,7 @@ class ImapSession(IMAP4Server):
 
     async def cmd_check(self, tag: bytes, args: Args) -> bytes:
         args.end()
+        await self._resync()
         return b"CHECK completed"
 
     async def cmd_close(self, tag: bytes, args: Args) -> bytes:
@@ -829,8 +869,6 @@ class ImapSession(IMAP4Server):
         if uid and not uids:
             return b"EXPUNGE completed"
         removed = await self.store.expunge(self.account.id, view.id, uids)
-        from storage.changes import MessagesExpunged
-
         if removed and self.view is view:
             view.apply(MessagesExpunged(view.id, tuple(removed), 0))
         return b"EXPUNGE completed"
@@ -1069,8 +1107,6 @@ class ImapSession(IMAP4Server):
         if move:
             # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
             self.send(b"* OK " + code + b" Moved")
-            from storage.changes import MessagesExpunged
-
             if self.view is view:
                 view.apply(MessagesExpunged(view.id, tuple(result.source_uids), 0))
             return b"MOVE completed"
