@@ -159,7 +159,15 @@ class Settings(BaseSettings):
         profile = _LOAD_CONTEXT.get("profile")
         if profile:
             sources.append(InitSettingsSource(settings_cls, init_kwargs=profile))
+        # Last, every section's defaults as data: sources are deep-merged, so a file that sets
+        # only [listeners.imap] port keeps that listener's other defaults (tls = "starttls").
+        sources.append(InitSettingsSource(settings_cls, init_kwargs=_section_defaults(settings_cls)))
         return tuple(sources)
+
+
+def _section_defaults(settings_cls: type[BaseSettings]) -> dict[str, Any]:
+    return {name: field.default.model_dump(mode="json") for name, field in settings_cls.model_fields.items()
+            if isinstance(field.default, BaseModel)}
 
 
 # Which file/profile the next Settings() reads; set only inside load_settings().
