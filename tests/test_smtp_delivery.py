@@ -257,3 +257,62 @@ def test_wrong_password_and_sender_policy(server, user):
         assert client.mail(f"{local}+tag@{domain}")[0] == 250  # plus-address of one's own
         client.rset()
         assert client.mail(user.address.upper())[0] == 250
+
+
+def _run_sql(server, statements: list[str]) -> list:
+    """Raw SQL beside the daemon (test-only fault injection: a real failing transaction, not a mock)."""
+    url = server.daemon.database_url
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.split(":///", 1)[1], timeout=30)
+        try:
+            results = [conn.execute(sql).fetchall() for sql in statements]
+            conn.commit()
+            return results
+        finally:
+            conn.close()
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return [await conn.fetch(sql) for sql in statements]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_store_failure_is_451_and_nothing_half_written(server, user):
+    inbox = server.admin.run(server.admin.store.get_mailbox(user.id, "INBOX"))
+    if server.backend == "sqlite":
+        create = [f"CREATE TRIGGER smtp_test_fail BEFORE INSERT ON mailbox_messages WHEN NEW.mailbox_id = {inbox.id} "
+                  "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"]
+        drop = ["DROP TRIGGER smtp_test_fail"]
+    else:
+        create = ["CREATE FUNCTION smtp_test_fail() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; "
+                  "END $$ LANGUAGE plpgsql",
+                  f"CREATE TRIGGER smtp_test_fail BEFORE INSERT ON mailbox_messages FOR EACH ROW "
+                  f"WHEN (NEW.mailbox_id = {inbox.id}) EXECUTE FUNCTION smtp_test_fail()"]
+        drop = ["DROP TRIGGER smtp_test_fail ON mailbox_messages", "DROP FUNCTION smtp_test_fail()"]
+    count = "SELECT count(*) FROM messages"
+    before = _run_sql(server, [count])[0][0][0]
+    _run_sql(server, create)
+    try:
+        with mx(server) as client:
+            client.ehlo("mta.test")
+            client.mail("a@remote.test")
+            client.rcpt(user.address)
+            code, text = client.data(message("a@remote.test", user.address, "fails"))
+            assert (code, text[:5]) == (451, b"4.3.0")
+            after = _run_sql(server, [count])[0][0][0]
+            assert after == before  # the content row went with the failed transaction
+    finally:
+        _run_sql(server, drop)
+    with mx(server) as client:
+        client.sendmail("a@remote.test", [user.address], message("a@remote.test", user.address, "retry"))
+    [stored] = mailbox(server, user)
+    assert b"Subject: retry" in stored
