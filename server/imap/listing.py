@@ -112,6 +112,8 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
                 listed.add(name)
         # RFC 3501 §6.3.9: with %, an unsubscribed parent of a subscribed child shows as \Noselect.
         for name in sorted(subscribed):
+            if matches(name):
+                continue
             levels = name.split(DELIMITER)
             for depth in range(1, len(levels)):
                 parent = DELIMITER.join(levels[:depth])
