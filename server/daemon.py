@@ -176,12 +176,7 @@ class App:
                 raise StartupError(f"listener {name} wants TLS but {self.settings.tls.cert_file} is missing "
                                    "(set tls.self_signed_if_missing = true for a self-signed one)")
             module = __import__(f"server.{module_name}", fromlist=["start"])
-            try:
-                self.listeners[name] = await module.start(self, name, role, listener, self._sockets[name])
-            except NotImplementedError as exc:  # TEMPORARY while the protocol issues land
-                log.warning("listener %s not started: %s", name, exc)
-                continue
-            self._sockets.pop(name)
+            self.listeners[name] = await module.start(self, name, role, listener, self._sockets.pop(name))
             log.info("listening: %s on %s:%d (%s)", name, listener.address, self.ports[name], listener.tls.value)
         print("CASELLA-READY " + json.dumps(self.ports), flush=True)
 
