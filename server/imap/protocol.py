@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import timezone
 
 from twisted.internet import interfaces
 from twisted.internet.protocol import Factory
@@ -779,7 +780,8 @@ class ImapSession(IMAP4Server):
             flags = [_flag_name(item) for item in args.list("flag list")]
         date = None
         if isinstance(args.peek(), String) and len(args.tokens) - args.i >= 2:
-            date = parse_date_time(args.string("date-time"))
+            # The store keeps UTC (SQLite drops offsets): the instant survives, the zone does not.
+            date = parse_date_time(args.string("date-time")).astimezone(timezone.utc)
         message = args.next("message literal")
         if not isinstance(message, String):
             raise ParseError("message literal expected")
