@@ -127,6 +127,79 @@ class ImapSettings(Strict):
     max_line_length: int = Field(default=64 * 1024, ge=1024)
 
 
+# ---- issue 6: outbound delivery, DNS, DKIM, mail authentication
+
+class DnsSettings(Strict):
+    # Resolver for MX/A/TXT lookups: empty = the system's /etc/resolv.conf.
+    nameservers: list[str] = []
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: float = Field(default=5.0, gt=0)
+
+
+class SmartHost(Strict):
+    # Relay every outbound message through this host instead of MX delivery ("" = off).
+    host: str = ""
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: TlsMode = TlsMode.STARTTLS
+    username: str = ""
+    password: str = ""
+    # Check the smart host's certificate (off only for a dev relay with a self-signed one).
+    verify_certificate: bool = True
+
+
+class OutboundSettings(Strict):
+    # Run the delivery worker in the daemon.
+    enabled: bool = True
+    # Concurrent SMTP deliveries of one worker.
+    concurrency: int = Field(default=20, ge=1)
+    # Seconds between queue polls when nothing wakes the worker earlier.
+    poll_interval: float = Field(default=5.0, gt=0)
+    # A claimed item stays ours this long; a crashed worker's items come back after it.
+    lease_seconds: float = Field(default=600.0, gt=0)
+    # Exponential backoff (RFC 5321 §4.5.4.1): first retry after this, times factor, capped.
+    retry_initial_seconds: float = Field(default=300.0, gt=0)
+    retry_factor: float = Field(default=2.0, ge=1)
+    retry_max_seconds: float = Field(default=14400.0, gt=0)
+    # Give up and bounce after this long (RFC 5321 §4.5.4.1: 4-5 days).
+    lifetime_seconds: float = Field(default=432000.0, gt=0)
+    # Send a "delayed" DSN (RFC 3464 Action: delayed) once a message waits this long.
+    delayed_notice_seconds: float = Field(default=14400.0, gt=0)
+    # Port for MX delivery (25; tests point it at a loopback listener).
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    connect_timeout: float = Field(default=30.0, gt=0)
+    # RFC 5321 §4.5.3.2 suggests minutes per command; one value for all of them here.
+    command_timeout: float = Field(default=300.0, gt=0)
+    # Name given in EHLO ("" = server.hostname).
+    helo_name: str = ""
+    # Opportunistic STARTTLS with MX hosts (certificate not checked, RFC 7435).
+    starttls: bool = True
+    # Per-domain override: "domain" = "host:port" ("[host]:port" skips the MX lookup of host).
+    transport_map: dict[str, str] = {}
+    smart_host: SmartHost = SmartHost()
+
+
+class DkimSettings(Strict):
+    # Sign outgoing mail of local domains with every key in key_dir/<domain>/<selector>.key.
+    enabled: bool = True
+    # Where keys live ("" = <server.data_dir>/dkim).
+    key_dir: str = ""
+    # Defaults for `casella dkim generate`.
+    selector: str = "casella"
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+    rsa_bits: int = Field(default=2048, ge=1024)
+
+
+class MailauthSettings(Strict):
+    # SPF, DKIM and DMARC checks on mail received on the MX listener.
+    enabled: bool = True
+    # What a DMARC p=reject failure gets: "reject" (550 5.7.1 at end of DATA) or "quarantine" (Junk).
+    dmarc_reject_action: Literal["reject", "quarantine"] = "reject"
+    # Honour p=quarantine by filing into Junk.
+    dmarc_quarantine: bool = True
+    # authserv-id of our Authentication-Results ("" = server.hostname).
+    authserv_id: str = ""
+
+
 class DevSettings(Strict):
     demo_account: str = "demo@localhost"
     demo_password: str = "demo-password"
@@ -145,6 +218,11 @@ class Settings(BaseSettings):
     pop3: Pop3Settings = Pop3Settings()
     imap: ImapSettings = ImapSettings()
     dev: DevSettings = DevSettings()
+    # issue 6
+    dns: DnsSettings = DnsSettings()
+    outbound: OutboundSettings = OutboundSettings()
+    dkim: DkimSettings = DkimSettings()
+    mailauth: MailauthSettings = MailauthSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
