@@ -17,6 +17,7 @@ import asyncio
 import collections
 import logging
 import re
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,11 @@ class SmtpConnection(SMTP):
                 return
             self._accounted = True
             self.registry.add(self)
+            # asyncio sets TCP_NODELAY only on sockets created with proto=IPPROTO_TCP, which the daemon's
+            # pre-bound listening socket is not; without it pipelined replies wait on delayed ACKs (40 ms).
+            raw_socket = transport.get_extra_info("socket")
+            if raw_socket is not None and raw_socket.family in (socket.AF_INET, socket.AF_INET6):
+                raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
         self.tls_used = self.tls_description()
 
