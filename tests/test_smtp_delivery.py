@@ -316,3 +316,27 @@ def test_store_failure_is_451_and_nothing_half_written(server, user):
         client.sendmail("a@remote.test", [user.address], message("a@remote.test", user.address, "retry"))
     [stored] = mailbox(server, user)
     assert b"Subject: retry" in stored
+
+
+def test_one_log_line_per_connection_and_delivery(server, user):
+    with mx(server) as client:
+        client.ehlo("logged.test")
+        client.mail("a@remote.test")
+        client.rcpt(user.address)
+        code, text = client.data(message("a@remote.test", user.address))
+        ident = re.search(rb"message (\w+) accepted", text).group(1).decode()
+    deadline = __import__("time").monotonic() + 5
+    while __import__("time").monotonic() < deadline:
+        log = server.daemon.log_text()
+        if "helo=logged.test" in log:
+            break
+        __import__("time").sleep(0.05)
+    assert len([line for line in log.splitlines() if f"smtp delivery id={ident} " in line]) == 1
+    assert len([line for line in log.splitlines() if "smtp connection" in line and "helo=logged.test" in line]) == 1
+
+
+def test_starttls_refused_on_implicit_tls(server):
+    with submissions(server) as client:
+        assert "starttls" not in client.esmtp_features
+        code, text = client.docmd("STARTTLS")
+        assert (code, text[:5]) == (554, b"5.5.1")

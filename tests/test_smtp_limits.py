@@ -156,3 +156,28 @@ def test_auth_throttle_then_lockout(limited):
         except smtplib.SMTPServerDisconnected:
             code = 421
         assert code == 421
+
+
+def test_graceful_shutdown_finishes_transactions(start_server):
+    srv = start_server("sqlite", CASELLA_SERVER__SHUTDOWN_TIMEOUT="5")
+    user = srv.new_user()
+    idle = Raw(srv)
+    idle.cmd(b"EHLO idle.test")
+    busy = Raw(srv)
+    busy.cmd(b"EHLO busy.test")
+    busy.cmd(b"MAIL FROM:<a@remote.test>")
+    busy.cmd(b"RCPT TO:<" + user.address.encode() + b">")
+    assert busy.cmd(b"DATA").startswith(b"354")
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    srv.daemon.process.send_signal(__import__("signal").SIGTERM)
+    assert idle.closed(timeout=5)  # between transactions: told and closed at once
+    assert idle.buffer.startswith(b"421 4.3.2")
+    time.sleep(0.5)
+    busy.send(b"second half\r\n.\r\n")  # mid-transaction: allowed to finish
+    assert busy.reply().startswith(b"250 2.0.0")
+    assert busy.closed(timeout=5)
+    assert srv.daemon.process.wait(15) == 0
+    stored = mailbox(srv, user)
+    assert len(stored) == 1 and stored[0].endswith(b"first half\r\nsecond half\r\n")
+    idle.close()
+    busy.close()
