@@ -220,3 +220,24 @@ def test_swaks_wrong_password(strict, account):
     assert result.returncode != 0
     assert "535 5.7.8" in result.stdout
     assert mailbox(strict, account) == []
+
+
+def test_over_quota_recipient_of_accepted_message_is_bounced(strict):
+    sender = strict.new_user()
+    small = strict.new_user(quota_bytes=2000)
+    roomy = strict.new_user()
+    big = message(sender.address, small.address, "partly", ("x" * 70 + "\r\n") * 40)
+    with submission(strict, sender) as client:
+        client.sendmail(sender.address, [small.address, roomy.address], big)
+    assert len(mailbox(strict, roomy)) == 1 and mailbox(strict, small) == []
+    [notice] = mailbox(strict, sender)
+    assert b"Content-Type: multipart/report; report-type=delivery-status" in notice
+    assert f"Final-Recipient: rfc822; {small.address}".encode() in notice
+    assert b"Status: 5.2.2" in notice and b"Subject: partly" in notice
+    assert roomy.address.encode() not in notice.split(b"message/delivery-status")[1].split(b"rfc822-headers")[0]
+    # From a remote sender the notice goes to the outbound queue with a null reverse-path.
+    with mx(strict) as client:
+        client.sendmail("someone@elsewhere.test", [small.address, roomy.address], big)
+    queued = [i for i in strict.admin.run(strict.admin.store.list_outbound())
+              if i.recipients == ("someone@elsewhere.test",)]
+    assert len(queued) == 1 and queued[0].mail_from == ""

@@ -65,6 +65,7 @@ class CasellaEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.local_ids: dict[int, None] = {}  # ordered set of account ids
+        self.routes: dict[str, tuple[int, ...]] = {}  # local recipient -> its accounts (for bounces)
         self.remote: list[str] = []
 
 

@@ -6,8 +6,8 @@ TLS, RFC 6409: AUTH before MAIL, MAIL FROM must be owned, remote recipients
 go to the durable outbound queue in the same transaction as local delivery).
 RFCs: 5321 (Received/Return-Path §4.4, relay policy §3.6), 4954 + 4616 (AUTH
 PLAIN/LOGIN), 3848 (Received protocol types), 6531 §3.7.4 (UTF8SMTP types).
-Not implemented: DSN bounces for over-quota recipients when others were
-delivered (logged instead), the `postmaster` special case of RFC 5321 §4.5.1
+Over-quota recipients of an accepted message get an RFC 3464 notice to the
+sender (dsn.py). Not implemented: the `postmaster` special case of RFC 5321 §4.5.1
 (needs an alias), SPF/DKIM/DMARC checks, VRFY/EXPN (always 252/502).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from storage import InvalidName
 from storage.api import normalize_address
 
 from . import replies
+from .dsn import build_dsn
 
 if TYPE_CHECKING:
     from ..daemon import App
@@ -189,9 +190,11 @@ class SmtpHandler:
         resolution = await self.store.resolve_recipient(address) if address != "<>" else None
         if resolution is not None and resolution.local:
             envelope.local_ids.update(dict.fromkeys(resolution.account_ids))
+            envelope.routes[address] = tuple(resolution.account_ids)
         elif self.settings.catch_all_account:
             # Dev mode: mail for any address that is not a local account is caught, never relayed.
             envelope.local_ids[await self._catch_all()] = None
+            envelope.routes[address] = (await self._catch_all(),)
         elif resolution is None:
             conn.rejected += 1
             return replies.NO_SUCH_USER
@@ -253,12 +256,30 @@ class SmtpHandler:
                   "over_quota": list(report.over_quota), "size": len(raw), "content_id": report.content_id,
                   "queue_id": report.queue_id, "ms": round(elapsed * 1000, 1), "user": conn.auth_user}
         if report.over_quota:
-            log.warning("smtp delivery id=%s: accounts %s over quota, message not stored for them", ident,
-                        list(report.over_quota))
+            await self._bounce_over_quota(envelope, report.over_quota, ident, content)
         log.info("smtp delivery id=%s from=%s rcpts=%d local=%d queued=%d size=%d content=%s queue=%s ms=%.1f",
                  ident, envelope.mail_from, len(envelope.rcpt_tos), len(report.deliveries), len(envelope.remote),
                  len(raw), report.content_id, report.queue_id or "-", elapsed * 1000, extra={"fields": fields})
         return replies.QUEUED.format(ident=ident)
+
+    async def _bounce_over_quota(self, envelope: "CasellaEnvelope", over_quota: tuple[int, ...], ident: str,
+                                 content: bytes) -> None:
+        """RFC 5321 §6.1: accepted but not delivered to some recipients, so tell the sender (before the 250)."""
+        refused = set(over_quota)
+        failed = [rcpt for rcpt, ids in envelope.routes.items() if ids and refused.issuperset(ids)]
+        log.warning("smtp delivery id=%s: %s over quota, not stored for them", ident, ", ".join(failed) or "-")
+        sender = envelope.mail_from or "<>"
+        if not failed or sender == "<>":  # a bounce never bounces
+            return
+        dsn = build_dsn(self.app.hostname, ident, sender, failed, content)
+        try:
+            resolution = await self.store.resolve_recipient(sender)
+            if resolution is not None and resolution.local:
+                await self.store.deliver(dsn, list(resolution.account_ids), enforce_quota=False)
+            elif resolution is not None:
+                await self.store.deliver(dsn, [], outbound_from="", outbound_to=[sender])
+        except Exception:  # the message itself is committed: a lost notice is logged, not fatal
+            log.exception("smtp delivery id=%s: could not store the over-quota notice for %s", ident, sender)
 
     def _received(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                   ident: str) -> bytes:
