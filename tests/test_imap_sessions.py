@@ -89,6 +89,14 @@ def test_recent_claimed_by_one_session_only(server, user):
     d = Raw(server)
     d.login(user)
     assert b"* 1 RECENT" in d.ok("SELECT INBOX")
+    # A message arriving while a and d are selected is \Recent in exactly one of them.
+    deliver(server, user, message("r3"))
+    counts = []
+    for raw in (a, d):
+        untagged = raw.ok("NOOP")
+        assert b"* 3 EXISTS" in untagged
+        counts.append(len([l for l in raw.ok("SEARCH RECENT UID 3")[0].split()[2:]]))
+    assert sorted(counts) == [0, 1]
     for raw in (a, b, c, d):
         raw.close()
 

@@ -36,6 +36,7 @@ class MailboxView:
         self.entries: dict[int, Entry] = {m.uid: Entry(m.flags, m.keywords, m.modseq) for m in snapshot.messages}
         self.meta = {m.uid: m for m in snapshot.messages}
         self.recent: set[int] = set(snapshot.recent_uids)
+        self.recent_reported = len(self.recent)
         self.keywords: set[str] = set(snapshot.keywords)
         self.uidnext = snapshot.mailbox.uidnext
         self.highest_modseq = snapshot.mailbox.highest_modseq
@@ -173,6 +174,7 @@ class MailboxView:
                     self._remove(uid)
                     out.append(b"* %d EXPUNGE" % seq)
         if self.pending_added:
+            self.recent_reported = -1
             for uid in sorted(self.pending_added):
                 entry = self.pending_added.pop(uid)
                 self.uids.append(uid)
@@ -182,6 +184,9 @@ class MailboxView:
                 self.new_keywords = False
                 out.append(flags_line())
             out.append(b"* %d EXISTS" % len(self.uids))
+        if self.recent_reported != len(self.recent):
+            # A \Recent claim that completed after EXISTS was sent updates the count (§7.3.2).
+            self.recent_reported = len(self.recent)
             out.append(b"* %d RECENT" % len(self.recent))
         if self.dirty:
             for uid in sorted(self.dirty):

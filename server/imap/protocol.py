@@ -163,6 +163,8 @@ class ImapSession(IMAP4Server):
         self.condstore = False
         self.qresync = False
         self._task: asyncio.Task | None = None
+        self._claim_task: asyncio.Task | None = None
+        self._claim_upto = 0
 
     # ---------------------------------------------------------------- connection
 
@@ -423,8 +425,33 @@ class ImapSession(IMAP4Server):
                 self._early.append(change)
             return
         self.view.apply(change)
+        if isinstance(change, MessageAdded) and not self.view.readonly and change.uid in self.view.pending_added:
+            # §2.3.2: the first session told about a new message sees it \Recent; the store decides who.
+            self._claim_upto = max(self._claim_upto, change.uid)
+            if self._claim_task is None:
+                self._claim_task = asyncio.ensure_future(self._claim_recent(self.view))
+            return
         if self.idle_tag is not None:
             # RFC 2177: while idling every update is pushed at once.
+            lines = self._updates(allow_expunge=True)
+            if lines:
+                self.write(b"\r\n".join(lines) + b"\r\n")
+            self._check_deleted()
+
+    async def _claim_recent(self, view: MailboxView) -> None:
+        try:
+            while self._claim_upto and self.view is view and not self.closed:
+                upto, self._claim_upto = self._claim_upto, 0
+                try:
+                    first, end = await self.store.claim_recent(self.account.id, view.id, upto)
+                except StoreError:
+                    return
+                if self.view is view:
+                    view.add_recent(range(first, end))
+        finally:
+            self._claim_task = None
+            self._claim_upto = 0
+        if self.idle_tag is not None and self.view is view and not self.closed:
             lines = self._updates(allow_expunge=True)
             if lines:
                 self.write(b"\r\n".join(lines) + b"\r\n")
@@ -488,6 +515,14 @@ class ImapSession(IMAP4Server):
                 view.apply(MessageAdded(view.id, meta.uid, meta.modseq, meta.flags, meta.keywords))
                 if meta.uid in view.pending_added:
                     view.meta[meta.uid] = meta
+                    if not view.readonly:
+                        self._claim_upto = max(self._claim_upto, meta.uid)
+        if self._claim_upto and self._claim_task is None and not view.readonly:
+            # Claim inline: the caller's flush then reports the right RECENT count.
+            upto, self._claim_upto = self._claim_upto, 0
+            first, end = await self.store.claim_recent(self.account.id, view.id, upto)
+            if self.view is view:
+                view.add_recent(range(first, end))
         view.highest_modseq = max(view.highest_modseq, info.highest_modseq)
 
     async def cmd_logout(self, tag: bytes, args: Args) -> None:
@@ -632,6 +667,7 @@ class ImapSession(IMAP4Server):
             status = await self.store.mailbox_status(self.account.id, name)
             if status.recent:
                 view.recent = set(view.uids[-status.recent:])
+                view.recent_reported = len(view.recent)
         early, self._early = self._early or [], None
         for change in early:
             view.apply(change)
