@@ -861,6 +861,29 @@ class MailStore:
             return ChangesSince(tuple(_meta(r) for r in changed), tuple(vanished))
         return await self._read(read)
 
+    # ---- imap (issue 5): \Recent for messages that arrive while a mailbox is selected
+
+    async def claim_recent(self, account_id: int, mailbox_id: int, up_to_uid: int) -> tuple[int, int]:
+        """Claim \\Recent (RFC 3501 §2.3.2) for the not yet claimed UIDs up to `up_to_uid`.
+
+        Returns the claimed UID range [first, end); it is empty when another
+        session (or a SELECT) claimed them first, so each message is \\Recent in
+        at most one session. The row lock orders concurrent claims on PostgreSQL.
+        """
+        def op(s: Session):
+            row = s.execute(select(MailboxRow.first_recent_uid, MailboxRow.account_id)
+                            .where(MailboxRow.id == mailbox_id).with_for_update()).one_or_none()
+            if row is None or row.account_id != account_id:
+                raise NoSuchMailbox("no such mailbox")
+            first = row.first_recent_uid
+            if up_to_uid < first:
+                return (first, first), []
+            s.execute(update(MailboxRow).where(MailboxRow.id == mailbox_id)
+                      .values(first_recent_uid=up_to_uid + 1))
+            return (first, up_to_uid + 1), []
+
+        return await self._write(op)
+
     # ---------------------------------------------------------------- writing messages
 
     def _bump_modseq(self, s: Session, mailbox_id: int) -> int:
