@@ -77,6 +77,8 @@ ERR_LOCK_LOST = b"-ERR [SYS/TEMP] Maildrop lock lost, deletions not applied"
 
 # Messages larger than this are converted to wire form in a thread and sent by a producer.
 _LARGE = 256 * 1024
+# Seconds a closing connection may take to finish its TLS shutdown before it is aborted.
+_CLOSE_GRACE = 5.0
 # Process-wide part of the lock holder id: unique across hosts and processes.
 _HOLDER_PREFIX = f"{socket.gethostname()}:{os.getpid()}:"
 
@@ -114,7 +116,9 @@ class Pop3Session(pop3.POP3):
         self.factory = factory
         self.app = factory.app
         self.settings = factory.app.settings.pop3
-        self.timeOut = self.settings.idle_timeout
+        # setTimeout(None) also clears timeOut, so the configured value lives here too.
+        self.idle_timeout = self.settings.idle_timeout
+        self.timeOut = self.idle_timeout
         self.MAX_LENGTH = self.settings.max_line_length
         self.portal = factory.portal
         self.holder = _HOLDER_PREFIX + uuid.uuid4().hex
@@ -127,6 +131,7 @@ class Pop3Session(pop3.POP3):
         self._closing = False
         self._lock_refresher: task.LoopingCall | None = None
         self._lock_lost = False
+        self._abort_call = None
         self._started = time.monotonic()
         self._end = "drop"
         self._stats = {"retr": 0, "top": 0, "dele": 0, "applied": 0, "octets": 0}
@@ -143,11 +148,13 @@ class Pop3Session(pop3.POP3):
             return
         self._conn_key = key
         self.sendLine(GREETING)
-        self.setTimeout(self.timeOut)
+        self.setTimeout(self.idle_timeout)
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         self.setTimeout(None)
         self._closing = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         if self._lock_refresher is not None and self._lock_refresher.running:
             self._lock_refresher.stop()
         if self._conn_key is not None:
@@ -173,7 +180,13 @@ class Pop3Session(pop3.POP3):
         self._closing = True
         self.blocked = None
         self.sendLine(reply)
+        if self.mbox is not None:
+            self.mbox.release()  # the session is over: no need to wait for the TCP close
         self.transport.loseConnection()
+        # A TLS close waits for the peer's close_notify; a silent peer must not hold the slot.
+        from twisted.internet import reactor
+
+        self._abort_call = reactor.callLater(_CLOSE_GRACE, self.transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         # Anything that came with STLS in one packet was plaintext; this is the TLS stream.
@@ -253,7 +266,7 @@ class Pop3Session(pop3.POP3):
             if self._closing:
                 self.blocked = None
                 return
-            self.setTimeout(self.timeOut)
+            self.setTimeout(self.idle_timeout)
             self._unblock(None)
 
         d.addErrback(failed)
