@@ -34,7 +34,9 @@ LIMITS = {
 def limited():
     srv, pg_url, workdir = _start_server("sqlite", {**STRICT_ENV, **LIMITS})
     yield srv
+    log = srv.daemon.log_text()
     _stop_server(srv, pg_url, workdir)
+    assert "Traceback" not in log  # every error path gave a reply, none crashed the session
 
 
 def test_size_advertised_and_enforced(limited):

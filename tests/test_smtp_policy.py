@@ -24,7 +24,9 @@ def strict(request):
     # 50 concurrent senders come from one address: allow them here; test_smtp_limits crosses the limit.
     srv, pg_url, workdir = _start_server(request.param, {**STRICT_ENV, "CASELLA_SMTP__MAX_CONNECTIONS_PER_IP": "200"})
     yield srv
+    log = srv.daemon.log_text()
     _stop_server(srv, pg_url, workdir)
+    assert "Traceback" not in log  # every error path gave a reply, none crashed the session
 
 
 @pytest.fixture

@@ -161,7 +161,14 @@ class SmtpConnection(SMTP):
                  "seconds=%.3f reason=%s", self.listener_name, self.peer_ip, self.helo, self.tls_used or "-",
                  self.auth_user or "-", self.messages, self.rejected, duration, reason, extra={"fields": fields})
 
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._last_activity = time.monotonic()
         super().data_received(data)
 
