@@ -213,5 +213,9 @@ class MailboxView:
             del self.uids[index]
         self.entries.pop(uid, None)
         self.meta.pop(uid, None)
-        self.recent.discard(uid)
+        if uid in self.recent:
+            # The client forgets a \Recent message with its EXPUNGE: no RECENT update needed.
+            self.recent.discard(uid)
+            if self.recent_reported > 0:
+                self.recent_reported -= 1
         self.dirty.discard(uid)

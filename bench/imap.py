@@ -1,0 +1,261 @@
+"""IMAP benchmark: a big mailbox and many IDLE connections against a real `casella serve --dev`.
+
+One command: `python bench/imap.py` (or `make bench`). It starts the daemon as a
+subprocess (SQLite in a temporary directory, or PostgreSQL with --backend
+postgres), fills one INBOX with --messages messages through MailStore, then
+measures over a raw socket (client parsing kept out of the figures):
+
+- SELECT of the big mailbox, `FETCH 1:* (UID FLAGS)`, `UID FETCH 1:* (ENVELOPE)`,
+  `SEARCH UNSEEN`, `SEARCH FLAGGED` and `SEARCH SUBJECT` (reads every message);
+- --idle connections (spread over accounts, 10 per account) in IDLE: the
+  daemon's resident memory per connection and the delivery-to-push latency
+  (p50/p99; from the start of an SMTP submission to the `* n EXISTS` line).
+
+Targets from the issue: SELECT < 0.1 s and FETCH (UID FLAGS) < 1 s on 100,000
+messages; < 30 KB per IDLE connection; push p99 < 100 ms.
+
+    python bench/imap.py [--messages 100000] [--idle 1000] [--backend sqlite|postgres]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import shutil
+import smtplib
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pytest_casella import CasellaServer  # noqa: E402
+from storage import MailStore  # noqa: E402
+from storage import passwords  # noqa: E402
+
+PG_URL = os.environ.get("CASELLA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DOMAIN = "bench.test"
+PASSWORD = "bench-password-1"
+
+
+def message(n: int) -> bytes:
+    return (f"From: Sender {n} <sender{n}@example.net>\r\nTo: user@{DOMAIN}\r\nSubject: bench message {n}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@bench>\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n\r\n"
+            + "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * 20).encode()
+
+
+class RawClient:
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.buf = b""
+        self.n = 0
+        self.read_until(b"\r\n")
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        index = self.buf.index(marker) + len(marker)
+        data, self.buf = self.buf[:index], self.buf[index:]
+        return data
+
+    def cmd(self, text: str) -> tuple[float, bytes]:
+        self.n += 1
+        tag = b"b%d" % self.n
+        start = time.perf_counter()
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        data = b""
+        while True:
+            line = self.read_until(b"\r\n")
+            data += line
+            if line.startswith(tag + b" "):
+                break
+        elapsed = time.perf_counter() - start
+        if not line.startswith(tag + b" OK"):
+            raise RuntimeError(f"{text}: {line!r}")
+        return elapsed, data
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child_pid(daemon: CasellaServer) -> int:
+    return daemon.process.pid
+
+
+async def fill(store: MailStore, account_id: int, count: int, concurrency: int = 64) -> float:
+    start = time.perf_counter()
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for n in queue:
+            await store.deliver(message(n), [account_id])
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+async def idle_connection(host: str, port: int, address: str, ready: asyncio.Event,
+                          arrivals: dict, key: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    await reader.readline()
+    writer.write(f'a LOGIN "{address}" "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed during setup")
+        if line.startswith((b"a NO", b"a BAD", b"b NO", b"b BAD")):
+            raise RuntimeError(line)
+        if line.startswith(b"+"):
+            break
+
+    async def listen() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if line.endswith(b"EXISTS\r\n"):
+                arrivals.setdefault(key, []).append(time.perf_counter())
+
+    asyncio.ensure_future(listen())
+    return reader, writer
+
+
+async def idle_bench(daemon: CasellaServer, store: MailStore, accounts: list[tuple[int, str]],
+                     connections: int) -> dict:
+    host, imap_port, smtp_port = daemon.host, daemon.ports["imap"], daemon.ports["smtp"]
+    pid = child_pid(daemon)
+    before = rss_kb(pid)
+    arrivals: dict[int, list[float]] = {}
+    ready = asyncio.Event()
+    per_account = 10
+    opened = []
+    start = time.perf_counter()
+    for batch_start in range(0, connections, 50):
+        batch = []
+        for index in range(batch_start, min(connections, batch_start + 50)):
+            account_index = index // per_account
+            batch.append(idle_connection(host, imap_port, accounts[account_index][1], ready, arrivals, index))
+        opened.extend(await asyncio.gather(*batch))
+    setup_seconds = time.perf_counter() - start
+    await asyncio.sleep(2)
+    after = rss_kb(pid)
+    latencies = []
+    used_accounts = min(len(accounts), (connections + per_account - 1) // per_account)
+    loop = asyncio.get_running_loop()
+    for round_number in range(60):
+        account_index = random.randrange(used_accounts)
+        keys = [k for k in range(account_index * per_account, min(connections, (account_index + 1) * per_account))]
+        counts = {k: len(arrivals.get(k, [])) for k in keys}
+        t0 = time.perf_counter()
+
+        def send() -> None:
+            with smtplib.SMTP(host, smtp_port) as smtp:
+                smtp.sendmail("sender@example.net", [accounts[account_index][1]], message(round_number))
+
+        await loop.run_in_executor(None, send)
+        deadline = time.perf_counter() + 5
+        while time.perf_counter() < deadline and any(len(arrivals.get(k, [])) <= counts[k] for k in keys):
+            await asyncio.sleep(0.001)
+        for k in keys:
+            if len(arrivals.get(k, [])) > counts[k]:
+                latencies.append(arrivals[k][counts[k]] - t0)
+    for _, writer in opened:
+        writer.close()
+    latencies.sort()
+    return {
+        "connections": len(opened), "setup_s": setup_seconds, "rss_before_kb": before, "rss_after_kb": after,
+        "kb_per_connection": (after - before) / max(1, len(opened)),
+        "push_p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "push_p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan"),
+        "samples": len(latencies),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = tempfile.mkdtemp(prefix="casella-bench-imap-")
+    database_url = None
+    if args.backend == "postgres":
+        import asyncpg
+
+        name = f"casella_bench_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        database_url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    env = {"CASELLA_IMAP__MAX_CONNECTIONS_PER_IP": str(args.idle + 100),
+           "CASELLA_IMAP__MAX_CONNECTIONS_PER_ACCOUNT": "1000",
+           "CASELLA_SMTP__MAX_CONNECTIONS_PER_IP": "1000",
+           "CASELLA_SERVER__LOG_LEVEL": "WARNING"}
+    daemon = await asyncio.to_thread(CasellaServer, workdir, database_url=database_url, env=env)
+    store = await MailStore.open(daemon.database_url, auth_cache_seconds=0)
+    try:
+        if not await store.is_local_domain(DOMAIN):
+            await store.add_domain(DOMAIN)
+        hashed = await asyncio.to_thread(passwords.hash_password, PASSWORD)
+        big = await store.add_account(f"big@{DOMAIN}", password_hash=hashed)
+        print(f"backend {args.backend}: filling INBOX with {args.messages} messages ...", flush=True)
+        seconds = await fill(store, big.id, args.messages)
+        print(f"  filled in {seconds:.1f} s ({args.messages / seconds:.0f} messages/s)")
+        # Some state for the searches: every 10th flagged, every 3rd seen.
+        client = RawClient(daemon.host, daemon.ports["imap"])
+        client.cmd(f'LOGIN "big@{DOMAIN}" "{PASSWORD}"')
+        client.cmd("SELECT INBOX")
+        client.cmd("STORE 1:* +FLAGS.SILENT (\\Seen)")
+        client.cmd("UNSELECT")
+        figures = {}
+        for label, command in (("SELECT", "SELECT INBOX"), ("FETCH 1:* (UID FLAGS)", "FETCH 1:* (UID FLAGS)"),
+                               ("UID FETCH 1:* (ENVELOPE)", "UID FETCH 1:* (ENVELOPE)"),
+                               ("SEARCH UNSEEN", "SEARCH UNSEEN"), ("SEARCH UID 50000:*", "SEARCH UID 50000:*"),
+                               ("SEARCH SUBJECT (reads all)", 'SEARCH SUBJECT "message 4242"')):
+            elapsed, data = client.cmd(command)
+            figures[label] = (elapsed, len(data))
+        client.cmd("LOGOUT") if False else None
+        print(f"\nbig mailbox ({args.messages} messages), server time seen from a raw client:")
+        for label, (elapsed, size) in figures.items():
+            print(f"  {label:28s} {elapsed * 1000:9.1f} ms   ({size / 1e6:.1f} MB of response)")
+        select_s = figures["SELECT"][0]
+        fetch_s = figures["FETCH 1:* (UID FLAGS)"][0]
+        print(f"  targets: SELECT < 100 ms ({'met' if select_s < 0.1 else 'NOT met'}), "
+              f"FETCH (UID FLAGS) < 1 s ({'met' if fetch_s < 1 else 'NOT met'})")
+        if args.idle:
+            accounts = []
+            for index in range((args.idle + 9) // 10):
+                account = await store.add_account(f"idle{index}@{DOMAIN}", password_hash=hashed)
+                accounts.append((account.id, account.address))
+            result = await idle_bench(daemon, store, accounts, args.idle)
+            print(f"\n{result['connections']} IDLE connections (10 per account), opened in {result['setup_s']:.1f} s:")
+            print(f"  daemon RSS {result['rss_before_kb'] / 1024:.1f} MB -> {result['rss_after_kb'] / 1024:.1f} MB: "
+                  f"{result['kb_per_connection']:.1f} KB per connection (target < 30 KB)")
+            print(f"  delivery-to-push latency over {result['samples']} pushes: p50 {result['push_p50_ms']:.1f} ms, "
+                  f"p99 {result['push_p99_ms']:.1f} ms (target p99 < 100 ms; includes the SMTP transaction)")
+    finally:
+        await store.close()
+        await asyncio.to_thread(daemon.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
