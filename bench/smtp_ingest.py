@@ -7,7 +7,8 @@ postgresql://postgres@127.0.0.1:5432/test, in a fresh database) it starts a
 users, and drives the MX listener with 1, 10 and 50 concurrent asyncio
 clients, each sending 4 KB messages in one session (MAIL/RCPT/DATA pipelined,
 RFC 2920). It prints committed messages/s and the p50/p99 latency from the
-final "." to its 250 — the commit latency a sending MTA sees — and checks that
+final "." to its 250 — the commit latency a sending MTA sees — and the
+server's CPU time per message (robust to other load on the machine), and checks that
 the store holds exactly as many messages as were acknowledged. Where
 Postfix's `smtp-source` is installed it also drives Casella with it (20
 sessions, 4 KB) and prints that figure; if Postfix itself runs on port 25 it
@@ -111,6 +112,16 @@ async def run_level(host: str, port: int, users: list[str], clients: int, total:
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process (Linux /proc): the server's cost per message, whatever else runs."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def create_pg_database() -> str | None:
     import asyncpg
 
@@ -194,12 +205,14 @@ def bench_backend(backend: str, args: argparse.Namespace) -> list[dict]:
         asyncio.run(run_level(daemon.host, port, users, 4, 200, args.size))  # warm-up
         sent = 200
         for clients in args.clients:
+            cpu_before = cpu_seconds(daemon.process.pid)
             row = asyncio.run(run_level(daemon.host, port, users, clients, args.messages, args.size))
+            row["cpu_ms"] = (cpu_seconds(daemon.process.pid) - cpu_before) * 1000 / row["messages"]
             sent += row["messages"]
             row["backend"] = backend
             rows.append(row)
             print(f"  {backend:8} {clients:3} clients: {row['rate']:7.0f} msg/s  p50 {row['p50']:6.1f} ms  "
-                  f"p99 {row['p99']:6.1f} ms", flush=True)
+                  f"p99 {row['p99']:6.1f} ms  server CPU {row['cpu_ms']:.2f} ms/msg", flush=True)
         stored = asyncio.run(count_messages(daemon.database_url, users))
         if stored != sent:
             raise SystemExit(f"{backend}: {sent} messages acknowledged but {stored} in the store")
@@ -207,7 +220,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> list[dict]:
         rate = smtp_source(port, size=args.size)
         if rate is not None:
             rows.append({"backend": backend, "clients": 20, "messages": 2000, "rate": rate, "p50": float("nan"),
-                         "p99": float("nan"), "tool": "smtp-source"})
+                         "p99": float("nan"), "cpu_ms": float("nan"), "tool": "smtp-source"})
     finally:
         daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -229,10 +242,10 @@ def main() -> int:
     for backend in args.backends.split(","):
         rows.extend(bench_backend(backend, args))
     print()
-    print(f"{'backend':10}{'tool':14}{'clients':>8}{'messages':>10}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'backend':10}{'tool':14}{'clients':>8}{'messages':>10}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/msg':>12}")
     for row in rows:
         print(f"{row['backend']:10}{row.get('tool', 'asyncio'):14}{row['clients']:>8}{row['messages']:>10}"
-              f"{row['rate']:>9.0f}{row['p50']:>9.1f}{row['p99']:>9.1f}")
+              f"{row['rate']:>9.0f}{row['p50']:>9.1f}{row['p99']:>9.1f}{row['cpu_ms']:>12.2f}")
     postfix = None
     if shutil.which("smtp-source") and shutil.which("postfix"):
         try:

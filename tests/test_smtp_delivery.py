@@ -22,6 +22,11 @@ def test_ehlo_advertises_extensions(server):
         for ext in ("8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES", "STARTTLS"):
             assert ext in lines
         assert not any(line.startswith("AUTH") for line in lines)  # MX: no AUTH on port 25
+    # Submission from loopback without TLS: AUTH offered because auth.allow_plaintext_on_loopback
+    # (test_smtp_policy checks the production setting, where it is not).
+    with submission(server, tls=False) as client:
+        assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert "starttls" in client.esmtp_features
 
 
 def test_mx_delivery_adds_trace_fields_and_keeps_content(server, user):
