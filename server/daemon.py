@@ -178,6 +178,10 @@ class App:
             module = __import__(f"server.{module_name}", fromlist=["start"])
             self.listeners[name] = await module.start(self, name, role, listener, self._sockets.pop(name))
             log.info("listening: %s on %s:%d (%s)", name, listener.address, self.ports[name], listener.tls.value)
+        # ---- issue 6: outbound delivery worker (+ app.resolver, app.dkim_signer for the MX checks)
+        from . import outbound
+        self.outbound = outbound.start(self)
+        # ---- end issue 6
         print("CASELLA-READY " + json.dumps(self.ports), flush=True)
 
     # ------------------------------------------------------------------ stop
@@ -188,6 +192,10 @@ class App:
         self._closing = True
         timeout = self.settings.server.shutdown_timeout
         log.info("shutting down (waiting up to %.0fs for in-flight work)", timeout)
+        # ---- issue 6: stop the outbound worker first (it finishes its deliveries, gives back its leases)
+        if getattr(self, "outbound", None) is not None:
+            await self.outbound.close(timeout)
+        # ---- end issue 6
         handles = list(self.listeners.values())
         if handles:
             await asyncio.gather(*(h.close(timeout) for h in handles), return_exceptions=True)

@@ -1245,3 +1245,165 @@ class MailStore:
             return tuple(items)
         return await self._read(read)
 
+
+    # ---- outbound queue (issue 6): the delivery worker's side
+    #
+    # A worker claims due items with a lease (locked_by/locked_until); on PostgreSQL
+    # the claim is SELECT ... FOR UPDATE SKIP LOCKED, so two casella processes on one
+    # database never claim the same item (SQLite has a single writer anyway). A lease
+    # that runs out (crashed worker) makes the item claimable again.
+
+    async def claim_outbound(self, worker: str, limit: int, lease_seconds: float, *,
+                             now: datetime | None = None) -> tuple["OutboundClaim", ...]:
+        """Lease up to `limit` due items (oldest due first) to `worker`, with their pending recipients."""
+        now = now or datetime.now(timezone.utc)
+        until = now + timedelta(seconds=lease_seconds)
+
+        def op(s: Session):
+            ids = (s.scalars(select(OutboundRow.id).where(
+                OutboundRow.next_attempt_at <= now,
+                or_(OutboundRow.locked_until.is_(None), OutboundRow.locked_until < now))
+                .order_by(OutboundRow.next_attempt_at, OutboundRow.id).limit(limit)
+                .with_for_update(skip_locked=True))).all()
+            if not ids:
+                return (), []
+            s.execute(update(OutboundRow).where(OutboundRow.id.in_(ids))
+                      .values(locked_by=worker, locked_until=until))
+            return self._outbound_claims(s, ids), []
+
+        return await self._write(op)
+
+    def _outbound_claims(self, s: Session, ids: Sequence[int]) -> tuple["OutboundClaim", ...]:
+        rows = (s.scalars(select(OutboundRow).where(OutboundRow.id.in_(list(ids))).order_by(OutboundRow.id))).all()
+        rcpts: dict[int, list[OutboundRecipient]] = {row.id: [] for row in rows}
+        for r in (s.scalars(select(OutboundRecipientRow).where(
+                OutboundRecipientRow.queue_id.in_(list(ids))).order_by(OutboundRecipientRow.id))).all():
+            rcpts[r.queue_id].append(OutboundRecipient(r.id, r.address, r.domain, r.status, r.last_reply))
+        return tuple(OutboundClaim(
+            row.id, row.mail_from, row.message_id, _as_utc(row.created_at), _as_utc(row.next_attempt_at),
+            row.attempts, row.last_error, bool(row.delayed_notice_sent), row.locked_by,
+            _as_utc(row.locked_until) if row.locked_until else None, tuple(rcpts[row.id])) for row in rows)
+
+    async def get_outbound(self, queue_id: int) -> "OutboundClaim | None":
+        """One queue item with every recipient and its status (`casella queue show`)."""
+        def read(s: Session):
+            found = self._outbound_claims(s, [queue_id])
+            return found[0] if found else None
+        return await self._read(read)
+
+    async def outbound_content(self, queue_id: int) -> bytes:
+        def read(s: Session):
+            data = s.scalar(select(MessageRow.raw).join(OutboundRow, OutboundRow.message_id == MessageRow.id)
+                            .where(OutboundRow.id == queue_id))
+            if data is None:
+                raise NotFound(f"no queued message {queue_id}")
+            return bytes(data)
+        return await self._read(read)
+
+    async def record_outbound_attempt(self, queue_id: int, worker: str,
+                                      results: Sequence[tuple[int, str, str]], *,
+                                      retry_at: datetime | None, error: str | None) -> int:
+        """Record one delivery attempt: `results` is (recipient id, 'sent'|'failed'|'pending', reply).
+
+        Pending recipients wait until `retry_at`; with none left the item and (unless a
+        mailbox still holds it) its content are deleted. Returns how many stay pending.
+        Only the lease holder may record; a stolen lease (expired, re-claimed) records nothing.
+        """
+        def op(s: Session):
+            holder = s.scalar(select(OutboundRow.locked_by).where(OutboundRow.id == queue_id))
+            if holder != worker:
+                return -1, []
+            for rcpt_id, status, reply in results:
+                s.execute(update(OutboundRecipientRow).where(
+                    OutboundRecipientRow.id == rcpt_id, OutboundRecipientRow.queue_id == queue_id)
+                    .values(status=status, last_reply=reply[:2000] if reply else None))
+            pending = s.scalar(select(func.count()).select_from(OutboundRecipientRow).where(
+                OutboundRecipientRow.queue_id == queue_id, OutboundRecipientRow.status == "pending")) or 0
+            if not pending:
+                self._delete_outbound(s, queue_id)
+                return 0, []
+            s.execute(update(OutboundRow).where(OutboundRow.id == queue_id).values(
+                attempts=OutboundRow.attempts + 1, last_error=error[:2000] if error else None,
+                next_attempt_at=retry_at or datetime.now(timezone.utc), locked_by=None, locked_until=None))
+            return int(pending), []
+
+        return await self._write(op)
+
+    def _delete_outbound(self, s: Session, queue_id: int) -> bool:
+        content_id = s.scalar(select(OutboundRow.message_id).where(OutboundRow.id == queue_id))
+        if content_id is None:
+            return False
+        # Explicit: SQLite enforces ON DELETE CASCADE only with foreign_keys on.
+        s.execute(delete(OutboundRecipientRow).where(OutboundRecipientRow.queue_id == queue_id))
+        s.execute(delete(OutboundRow).where(OutboundRow.id == queue_id))
+        self._collect_garbage(s, [content_id])
+        return True
+
+    async def release_outbound(self, worker: str) -> int:
+        """Give back every lease `worker` holds (clean shutdown: a restart picks them up at once)."""
+        def op(s: Session):
+            result = s.execute(update(OutboundRow).where(OutboundRow.locked_by == worker)
+                               .values(locked_by=None, locked_until=None))
+            return result.rowcount, []
+        return await self._write(op)
+
+    async def mark_outbound_delayed(self, queue_id: int) -> None:
+        """The "delayed" DSN went out: never send another for this item."""
+        def op(s: Session):
+            s.execute(update(OutboundRow).where(OutboundRow.id == queue_id).values(delayed_notice_sent=True))
+            return None, []
+        await self._write(op)
+
+    async def delete_outbound(self, queue_id: int) -> bool:
+        """Drop a queued message without a bounce (`casella queue delete`)."""
+        def op(s: Session):
+            return self._delete_outbound(s, queue_id), []
+        return await self._write(op)
+
+    async def retry_outbound(self, queue_id: int | None = None) -> int:
+        """Make one item (or every item) due now (`casella queue retry`); returns how many."""
+        now = datetime.now(timezone.utc)
+
+        def op(s: Session):
+            query = update(OutboundRow).values(next_attempt_at=now)
+            if queue_id is not None:
+                query = query.where(OutboundRow.id == queue_id)
+            return s.execute(query).rowcount, []
+        return await self._write(op)
+
+    async def next_outbound_due(self) -> datetime | None:
+        """When the earliest unleased item becomes due (the worker sleeps until then)."""
+        def read(s: Session):
+            value = s.scalar(select(func.min(OutboundRow.next_attempt_at)).where(OutboundRow.locked_by.is_(None)))
+            return _as_utc(value) if value is not None else None
+        return await self._read(read)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecipient:
+    id: int
+    address: str
+    domain: str
+    status: str  # pending | sent | failed
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundClaim:
+    """A queue item as the worker and `casella queue show` see it."""
+
+    id: int
+    mail_from: str
+    content_id: int
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int
+    last_error: str | None
+    delayed_notice_sent: bool
+    locked_by: str | None
+    locked_until: datetime | None
+    recipients: tuple[OutboundRecipient, ...]
+
+    @property
+    def pending(self) -> tuple[OutboundRecipient, ...]:
+        return tuple(r for r in self.recipients if r.status == "pending")

@@ -41,7 +41,12 @@ class Resolver:
             self._resolver.nameservers = list(nameservers)
             self._resolver.port = port
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                # No /etc/resolv.conf (a bare container): lookups fail as temporary errors until configured.
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = ["127.0.0.1"]
             if port != 53:
                 self._resolver.port = port
         self._resolver.lifetime = timeout
