@@ -25,6 +25,10 @@ from ..bridge import as_deferred
 
 log = logging.getLogger("casella.pop3")
 
+# RETR read-ahead: up to this many bytes / messages fetched in one store query.
+_READ_AHEAD_BYTES = 2 * 1024 * 1024
+_READ_AHEAD_COUNT = 200
+
 
 # ---------------------------------------------------------------- cred
 
@@ -129,6 +133,9 @@ class Maildrop:
         self.deleted: set[int] = set()
         self.released = False
         self._release: defer.Deferred | None = None
+        self._mailbox_id: int | None = None
+        self._ahead: dict[int, bytes] = {}
+        self._ahead_bytes = 0
 
     # Casella's view -------------------------------------------------------
 
@@ -149,7 +156,48 @@ class Maildrop:
         return sum(m.size for i, m in enumerate(self.messages) if i not in self.deleted)
 
     async def read(self, index: int) -> bytes:
+        """The stored bytes; small messages are read ahead in batches, as clients RETR in order."""
+        raw = self._ahead.pop(index, None)
+        if raw is not None:
+            self._ahead_bytes -= len(raw)
+            return raw
+        batch = self._read_ahead_batch(index)
+        if len(batch) > 1:
+            if self._mailbox_id is None:
+                inbox = await self.app.store.get_mailbox(self.account.id, "INBOX")
+                self._mailbox_id = inbox.id if inbox else None
+            if self._mailbox_id is not None:
+                uids = {self.messages[i].uid: i for i in batch}
+                fetched = await self.app.store.fetch(self.account.id, self._mailbox_id, list(uids), raw=True)
+                found = {uids[f.meta.uid]: f.raw for f in fetched if f.raw is not None}
+                raw = found.pop(index, None)
+                for i, data in found.items():
+                    if i not in self.deleted:
+                        self._ahead[i] = data
+                        self._ahead_bytes += len(data)
+                if raw is not None:
+                    return raw
+        # Not read ahead, or gone from INBOX since login: read_content says which (NotFound).
         return await self.app.store.read_content(self.account.id, self.messages[index].content_id)
+
+    def _read_ahead_batch(self, index: int) -> list[int]:
+        if self.messages[index].size > _READ_AHEAD_BYTES // 8:
+            return [index]
+        batch, total = [index], self.messages[index].size
+        for i in range(index + 1, len(self.messages)):
+            size = self.messages[i].size
+            if len(batch) >= _READ_AHEAD_COUNT or total + size > _READ_AHEAD_BYTES - self._ahead_bytes:
+                break
+            if i not in self.deleted and i not in self._ahead:
+                batch.append(i)
+                total += size
+        return batch
+
+    def forget(self, index: int) -> None:
+        """Drop read-ahead bytes of a message the client will not read (DELE)."""
+        raw = self._ahead.pop(index, None)
+        if raw is not None:
+            self._ahead_bytes -= len(raw)
 
     async def apply_deletes(self) -> int:
         """RFC 1939 §6 UPDATE state: every DELE in one transaction."""
@@ -201,6 +249,7 @@ class Maildrop:
     def deleteMessage(self, index: int) -> None:  # noqa: N802
         self._check(index)
         self.deleted.add(index)
+        self.forget(index)
 
     def undeleteMessages(self) -> None:  # noqa: N802
         self.deleted.clear()
