@@ -82,3 +82,21 @@ def test_idle_in_authenticated_state(server, user):
     raw.send(b"DONE\r\n")
     assert raw.until_tagged(b"i1")[1].startswith(b"OK")
     raw.close()
+
+
+def test_pop3_deletion_pushed_as_expunge(server, user):
+    import poplib
+
+    deliver(server, user, message("pop me"))
+    deliver(server, user, message("keep me"))
+    raw = _idle(server, user)
+    pop = poplib.POP3(server.host, server.port("pop3"), timeout=10)
+    pop.user(user.address)
+    pop.pass_(user.password)
+    pop.dele(1)
+    pop.quit()
+    assert raw.line(timeout=1.0) == b"* 1 EXPUNGE"
+    raw.send(b"DONE\r\n")
+    assert raw.until_tagged(b"i1")[1].startswith(b"OK")
+    assert raw.ok("FETCH 1:* UID") == [b"* 1 FETCH (UID 2)"]
+    raw.close()

@@ -444,8 +444,9 @@ class ImapSession(IMAP4Server):
                 upto, self._claim_upto = self._claim_upto, 0
                 try:
                     first, end = await self.store.claim_recent(self.account.id, view.id, upto)
-                except StoreError:
-                    return
+                except Exception:  # noqa: BLE001 - the message is still announced, without \Recent
+                    log.exception("imap: \\Recent claim failed for mailbox %s", view.id)
+                    break
                 if self.view is view:
                     view.add_recent(range(first, end))
         finally:
