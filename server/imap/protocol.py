@@ -12,8 +12,9 @@ Implemented: RFC 3501 (all commands), 2177 IDLE, 4315 UIDPLUS, 6851 MOVE,
 2342 NAMESPACE, 2971 ID, 5161 ENABLE, 3691 UNSELECT, 6154 SPECIAL-USE (LIST
 attributes and CREATE USE), 5258 LIST-EXTENDED, 5819 LIST-STATUS, 3348
 CHILDREN, 7162 CONDSTORE/QRESYNC, 9208 QUOTA (STORAGE resource, no
-SETQUOTA), 7889 APPENDLIMIT, 4959 SASL-IR with AUTHENTICATE PLAIN (RFC 4616).
-Not implemented: COMPRESS, MULTIAPPEND, ESEARCH/SEARCHRES, BINARY, NOTIFY,
+SETQUOTA), 7889 APPENDLIMIT, 4959 SASL-IR with AUTHENTICATE PLAIN (RFC 4616),
+4978 COMPRESS=DEFLATE.
+Not implemented: MULTIAPPEND, ESEARCH/SEARCHRES, BINARY, NOTIFY,
 METADATA, UTF8=ACCEPT, and \\Recent for messages that arrive while a mailbox
 is selected (they are announced without \\Recent).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import zlib
 from datetime import timezone
 
 from twisted.internet import interfaces
@@ -165,6 +167,8 @@ class ImapSession(IMAP4Server):
         self._task: asyncio.Task | None = None
         self._claim_task: asyncio.Task | None = None
         self._claim_upto = 0
+        self._deflate = None
+        self._inflate = None
 
     # ---------------------------------------------------------------- connection
 
@@ -208,12 +212,25 @@ class ImapSession(IMAP4Server):
         self.transport.loseConnection()
 
     def send(self, line: bytes) -> None:
-        if not self.closed:
-            self.transport.write(line + b"\r\n")
+        self.write(line + b"\r\n")
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
+        if self.closed:
+            return
+        if self._deflate is not None:
+            # RFC 4978 §4: each response burst is flushed so the client can decode it at once.
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._inflate is not None:
+            try:
+                data = self._inflate.decompress(data)
+            except zlib.error:
+                log.info("imap: bad DEFLATE stream from %s", self.peer_host)
+                self.transport.loseConnection()
+                return
+        super().dataReceived(data)
 
     @property
     def tls_active(self) -> bool:
@@ -231,6 +248,7 @@ class ImapSession(IMAP4Server):
         else:
             caps += [b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                      b"CREATE-SPECIAL-USE", b"LIST-EXTENDED", b"LIST-STATUS", b"CONDSTORE", b"QRESYNC",
+                     b"COMPRESS=DEFLATE",
                      b"QUOTA", b"QUOTA=RES-STORAGE", b"APPENDLIMIT=%d" % self.settings.max_append_size]
         return caps
 
@@ -866,6 +884,22 @@ class ImapSession(IMAP4Server):
     async def cmd_setquota(self, tag: bytes, args: Args) -> bytes:
         raise No(b"[NOPERM] Quotas are set by the administrator")
 
+    async def cmd_compress(self, tag: bytes, args: Args) -> None:
+        mechanism = args.atom("mechanism").upper()
+        args.end()
+        if mechanism != b"DEFLATE":
+            raise ParseError("unknown compression mechanism")
+        if self._deflate is not None:
+            raise No(b"[COMPRESSIONACTIVE] DEFLATE is already active")
+        self.send(tag + b" OK DEFLATE active")
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._inflate = zlib.decompressobj(-15)
+        # Whatever the client sent after COMPRESS is already compressed (we are paused: it waits here).
+        pending = self.clearLineBuffer()
+        if pending:
+            super().dataReceived(self._inflate.decompress(pending))
+        return None
+
     async def cmd_idle(self, tag: bytes, args: Args) -> None:
         args.end()
         await self._resync()
@@ -1242,6 +1276,7 @@ _COMMANDS = {
     b"NAMESPACE": (ImapSession.cmd_namespace, _AUTH),
     b"ENABLE": (ImapSession.cmd_enable, _AUTH),
     b"IDLE": (ImapSession.cmd_idle, _AUTH),
+    b"COMPRESS": (ImapSession.cmd_compress, _AUTH),
     b"GETQUOTAROOT": (ImapSession.cmd_getquotaroot, _AUTH),
     b"GETQUOTA": (ImapSession.cmd_getquota, _AUTH),
     b"SETQUOTA": (ImapSession.cmd_setquota, _AUTH),
