@@ -14,9 +14,8 @@ attributes and CREATE USE), 5258 LIST-EXTENDED, 5819 LIST-STATUS, 3348
 CHILDREN, 7162 CONDSTORE/QRESYNC, 9208 QUOTA (STORAGE resource, no
 SETQUOTA), 7889 APPENDLIMIT, 4959 SASL-IR with AUTHENTICATE PLAIN (RFC 4616),
 4978 COMPRESS=DEFLATE.
-Not implemented: MULTIAPPEND, ESEARCH/SEARCHRES, BINARY, NOTIFY,
-METADATA, UTF8=ACCEPT, and \\Recent for messages that arrive while a mailbox
-is selected (they are announced without \\Recent).
+Not implemented: MULTIAPPEND, ESEARCH/SEARCHRES, BINARY, NOTIFY, METADATA,
+UTF8=ACCEPT, ACL. SETQUOTA is answered NO (quotas are the administrator's).
 """
 from __future__ import annotations
 
