@@ -139,7 +139,7 @@ def test_lock_holds_across_two_processes(server, user):
     workdir = tempfile.mkdtemp(prefix="casella-pop3-second-")
     env = {"CASELLA_LISTENERS__SMTP__ENABLED": "false", "CASELLA_LISTENERS__SUBMISSION__ENABLED": "false",
            "CASELLA_LISTENERS__SUBMISSIONS__ENABLED": "false", "CASELLA_LISTENERS__IMAP__ENABLED": "false",
-           "CASELLA_LISTENERS__IMAPS__ENABLED": "false"}
+           "CASELLA_LISTENERS__IMAPS__ENABLED": "false", "CASELLA_POP3__MAILDROP_LOCK_SECONDS": "3"}
     other = CasellaServer(workdir, database_url=server.daemon.database_url, env=env)
     try:
         first = login(server, user)
@@ -152,6 +152,16 @@ def test_lock_holds_across_two_processes(server, user):
             login(server, user)
         assert info.value.args[0].startswith(b"-ERR [IN-USE]")
         second.quit()
+        # A process that dies holding the lock: it expires (maildrop_lock_seconds), live ones renew it.
+        held = login(server, user, port=other.ports["pop3"])
+        time.sleep(3.5)  # longer than the other process's lock time: renewed, so still held
+        with pytest.raises(poplib.error_proto) as info:
+            login(server, user)
+        assert info.value.args[0].startswith(b"-ERR [IN-USE]")
+        other.process.kill()
+        other.process.wait(10)
+        held.sock.close()
+        login(server, user, retry_in_use=15).quit()
     finally:
         other.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -266,6 +276,37 @@ def imap_style_expunge(server, user, uid: int) -> None:
     box = inbox(server, user)
     server.admin.run(server.admin.store.store_flags(user.id, box.id, [uid], "add", int(Flag.DELETED)))
     assert server.admin.run(server.admin.store.expunge(user.id, box.id, [uid])) == (uid,)
+
+
+def test_pop3_quit_seen_as_expunge_in_imap_idle(server, user):
+    imap = imap_or_skip(server)
+    if b"IDLE" not in b" ".join(x.encode() if isinstance(x, str) else x for x in imap.capabilities):
+        imap.logout()
+        pytest.skip("imap listener does not offer IDLE yet")
+    for n in (1, 2, 3):
+        deliver(server, user, message(n))
+    imap.login(user.address, user.password)
+    imap.select("INBOX")
+    sock = imap.socket()
+    sock.sendall(b"i1 IDLE\r\n")
+    reader = imap.file  # imaplib's buffered reader on the same socket
+    assert reader.readline().startswith(b"+")
+    client = login(server, user)
+    client.dele(1)
+    client.dele(2)
+    client.quit()
+    expunges = []
+    sock.settimeout(10)  # pushed while idling (RFC 2177), well within this bound
+    while len(expunges) < 2:
+        line = reader.readline()
+        assert line, "IMAP connection closed while idling"
+        if line.rstrip().endswith(b"EXPUNGE"):
+            expunges.append(line)
+    sock.sendall(b"DONE\r\n")
+    while not (line := reader.readline()).startswith(b"i1 "):
+        pass
+    assert line.startswith(b"i1 OK")
+    imap.logout()
 
 
 def test_imap_changes_seen_by_pop3_at_next_login(server, user):
