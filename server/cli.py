@@ -1,4 +1,4 @@
-"""The `casella` command: serve, check-config, db, domain, user, alias, queue.
+"""The `casella` command: serve, check-config, db, domain, user, alias, queue, dkim, dns.
 
 Every mistake (unknown domain, duplicate user, malformed address, weak or
 empty password, bad config) is one line on stderr and a non-zero exit.
@@ -211,6 +211,86 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# ---- issue 6: queue show/retry/delete, dkim generate, dns
+
+def cmd_queue_item(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(store: MailStore) -> None:
+        if args.action == "show":
+            item = await store.get_outbound(args.id)
+            if item is None:
+                raise CliError(f"no queued message {args.id}")
+            print(f"id {item.id}  from <{item.mail_from}>  queued {item.created_at:%Y-%m-%d %H:%M:%S}  "
+                  f"attempts {item.attempts}  next {item.next_attempt_at:%Y-%m-%d %H:%M:%S}"
+                  + ("  delayed notice sent" if item.delayed_notice_sent else "")
+                  + (f"  leased by {item.locked_by}" if item.locked_by else ""))
+            for rcpt in item.recipients:
+                print(f"  {rcpt.address}  {rcpt.status}" + (f"  {rcpt.last_reply}" if rcpt.last_reply else ""))
+            if item.last_error:
+                print(f"last error: {item.last_error}")
+        elif args.action == "retry":
+            count = await store.retry_outbound(None if args.id == "all" else _queue_id(args.id))
+            print(f"{count} item(s) due now")
+        elif args.action == "delete":
+            if not await store.delete_outbound(args.id):
+                raise CliError(f"no queued message {args.id}")
+            print(f"deleted {args.id} (no bounce sent)")
+
+    asyncio.run(_with_store(settings, run))
+    return 0
+
+
+def _queue_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"not a queue id: {text}") from None
+
+
+def cmd_dkim(args: argparse.Namespace, settings: Settings) -> int:
+    from .mailauth.dkim import generate_key, key_dir, txt_lines
+
+    domain = args.domain.lower().rstrip(".")
+    selector = args.selector or settings.dkim.selector
+    algorithm = args.algorithm or settings.dkim.algorithm
+    try:
+        path, record = generate_key(key_dir(settings), domain, selector, algorithm, settings.dkim.rsa_bits)
+    except FileExistsError as exc:
+        raise CliError(str(exc)) from None
+    print(f"; {algorithm} key written to {path}; publish this record, then outgoing mail of {domain} is signed")
+    print(txt_lines(f"{selector}._domainkey.{domain}", record))
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace, settings: Settings) -> int:
+    """Every record a domain needs: MX, SPF, DKIM, DMARC, and client autoconfiguration (RFC 6186 SRV)."""
+    from pathlib import Path
+
+    from .mailauth.dkim import key_dir, public_record, txt_lines
+
+    domain = args.domain.lower().rstrip(".")
+    host = settings.server.hostname
+    print(f"; DNS records for {domain}, served by {host}")
+    print(f"{domain}. IN MX 10 {host}.")
+    print(f'{domain}. IN TXT "v=spf1 mx -all"')  # RFC 7208: only our MX host sends for the domain
+    keys = sorted(Path(key_dir(settings), domain).glob("*.key"))
+    for path in keys:
+        print(txt_lines(f"{path.stem}._domainkey.{domain}", public_record(path)))
+    if not keys:
+        print(f"; no DKIM key for {domain}: run 'casella dkim generate {domain}' and publish its record")
+    print(f'_dmarc.{domain}. IN TXT "v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}"')
+    print("; client autoconfiguration (RFC 6186; Thunderbird looks up autoconfig.<domain>)")
+    print(f"autoconfig.{domain}. IN CNAME {host}.")
+    listeners = settings.listeners
+    for service, name in (("submissions", "submissions"), ("submission", "submission"), ("imaps", "imaps"),
+                          ("imap", "imap"), ("pop3s", "pop3s"), ("pop3", "pop3")):
+        listener = getattr(listeners, name)
+        if listener.enabled:
+            print(f"_{service}._tcp.{domain}. IN SRV 0 1 {listener.port} {host}.")
+        else:
+            print(f"_{service}._tcp.{domain}. IN SRV 0 0 0 .")  # RFC 6186 §4: service not provided
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     queue_actions = queue.add_subparsers(dest="action", required=True)
     queue_actions.add_parser("list", parents=[common])
     queue.set_defaults(func=cmd_queue)
+    # ---- issue 6
+    for action, help_text in (("show", "one item with every recipient"), ("delete", "drop it, no bounce")):
+        sub = queue_actions.add_parser(action, parents=[common], help=help_text)
+        sub.add_argument("id", type=int)
+        sub.set_defaults(func=cmd_queue_item)
+    retry = queue_actions.add_parser("retry", parents=[common], help="make an item (or 'all') due now")
+    retry.add_argument("id")
+    retry.set_defaults(func=cmd_queue_item)
+    dkim = commands.add_parser("dkim", help="DKIM signing keys")
+    dkim_actions = dkim.add_subparsers(dest="action", required=True)
+    generate = dkim_actions.add_parser("generate", parents=[common], help="create a key, print its TXT record")
+    generate.add_argument("domain")
+    generate.add_argument("--selector", help="default: dkim.selector")
+    generate.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], help="default: dkim.algorithm")
+    dkim.set_defaults(func=cmd_dkim)
+    dns = commands.add_parser("dns", parents=[common], help="print the DNS records a domain needs")
+    dns.add_argument("domain")
+    dns.set_defaults(func=cmd_dns)
     return parser
 
 
