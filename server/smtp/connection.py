@@ -4,7 +4,10 @@ aiosmtpd parses commands and drives the handler (`handler.py`); this subclass
 adds what it lacks: per-address connection limits, an idle timeout that counts
 any bytes received (not only commands, so a slow 50 MB upload is not cut),
 a budget of commands before MAIL, enhanced status codes on every reply
-(RFC 2034), our EHLO list, a graceful shutdown and one log line per connection.
+(RFC 2034), replies to a pipelined MAIL/RCPT group sent together (RFC 2920
+§3.1), our EHLO list, a graceful shutdown and one log line per connection.
+Data lines are limited to `smtp.max_line_length` + 1 octets with CRLF (room
+for a transparency dot), so an unstuffed line may be one octet over.
 
 RFC 3207 §4.2 (STARTTLS): aiosmtpd clears the plaintext read buffer when the
 handshake completes (`SMTP.connection_made`), so commands pipelined after
@@ -38,6 +41,7 @@ IDENT = "Casella ESMTP"
 # SMTPUTF8 (10) and BODY=8BITMIME (15). RFC 4954 §4 lets AUTH lines be as long as the reader allows.
 # Sloppy mailers write `MAIL FROM:Name <addr>`: one phrase then one angle address is unambiguous.
 _PHRASE_THEN_ADDRESS = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"|[^<>"@]*?)\s*(<[^<>]*>)(.*)$')
+_GROUPABLE = frozenset({"MAIL", "RCPT", "RSET"})
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
 
 
@@ -110,6 +114,7 @@ class SmtpConnection(SMTP):
         self._started = time.monotonic()
         self._refused = False
         self._accounted = False
+        self._pending: list[bytes] = []
 
     # ------------------------------------------------------------ connection life
 
@@ -237,10 +242,22 @@ class SmtpConnection(SMTP):
 
         return run
 
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and status != f"250 {self.hostname}":  # HELO reply: no code (RFC 2034 §4)
-            status = replies.enhance(status)
-        await super().push(status)
+    async def push(self, status: Any, *, raw: bool = False) -> None:
+        if isinstance(status, str):
+            if not raw and status != f"250 {self.hostname}":  # HELO reply: no code (RFC 2034 §4)
+                status = replies.enhance(status)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
+        line = status + b"\r\n"
+        # RFC 2920 §3.1: replies to a pipelined group may go out together. Holding MAIL/RCPT/RSET
+        # replies while the client's next command already waits in the buffer halves the packets.
+        if self.current in _GROUPABLE and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            self._pending.append(line)
+            return
+        if self._pending:
+            line = b"".join(self._pending) + line
+            self._pending.clear()
+        self._writer.write(line)
+        await self._writer.drain()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PHRASE_THEN_ADDRESS.match(arg or "")
@@ -265,7 +282,7 @@ class SmtpConnection(SMTP):
             lines.append("AUTH PLAIN LOGIN")
         for index, line in enumerate(lines):
             sep = " " if index == len(lines) - 1 else "-"
-            await SMTP.push(self, f"250{sep}{line}")
+            await self.push(f"250{sep}{line}", raw=True)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.tls_active:  # aiosmtpd would start TLS inside TLS

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("casella.smtp")
 
 MECHANISMS = ("PLAIN", "LOGIN")
+# Positive recipient resolutions are reused this long: resolving costs more CPU than storing the
+# message (several queries), and a sender's burst repeats the same recipients. Only hits are cached,
+# so a new account is reachable at once; a removed one fails delivery with 451 (retried) until expiry.
+RESOLUTION_TTL = 5.0
+RESOLUTION_CACHE_MAX = 10_000
 
 
 def _b64(text: str) -> bytes | None:
@@ -68,6 +73,7 @@ class SmtpHandler:
         self.role = role
         self.settings = app.settings.smtp
         self._catch_all_id: int | None = None
+        self._resolutions: dict[str, tuple[float, Any]] = {}
 
     # ------------------------------------------------------------ AUTH (RFC 4954)
 
@@ -187,7 +193,7 @@ class SmtpHandler:
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             conn.rejected += 1
             return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.8
-        resolution = await self.store.resolve_recipient(address) if address != "<>" else None
+        resolution = await self._resolve(address)
         if resolution is not None and resolution.local:
             envelope.local_ids.update(dict.fromkeys(resolution.account_ids))
             envelope.routes[address] = tuple(resolution.account_ids)
@@ -206,6 +212,19 @@ class SmtpHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return replies.RECIPIENT_OK
+
+    async def _resolve(self, address: str) -> Any:
+        key = address.lower()
+        now = time.monotonic()
+        cached = self._resolutions.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        resolution = await self.store.resolve_recipient(address)
+        if resolution is not None and resolution.local:
+            if len(self._resolutions) >= RESOLUTION_CACHE_MAX:
+                self._resolutions.clear()
+            self._resolutions[key] = (now + RESOLUTION_TTL, resolution)
+        return resolution
 
     async def _catch_all(self) -> int:
         if self._catch_all_id is None:
