@@ -9,6 +9,7 @@ ends and dot-stuffing (RFC 1939 §3), TOP's headers + n lines (RFC 1939 §7).
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -24,6 +25,12 @@ from ..auth import AuthResult
 from ..bridge import as_deferred
 
 log = logging.getLogger("casella.pop3")
+
+# Maildrop locks this process is releasing, by account id: a new login waits for them.
+_RELEASING: dict[int, asyncio.Task] = {}
+# A lock held elsewhere is tried this many times, this far apart, before [IN-USE].
+_ACQUIRE_ATTEMPTS = 3
+_ACQUIRE_RETRY_SECONDS = 0.05
 
 # RETR read-ahead: up to this many bytes / messages fetched in one store query.
 _READ_AHEAD_BYTES = 2 * 1024 * 1024
@@ -91,10 +98,24 @@ class Realm:
             raise NotImplementedError("POP3 avatars provide IMailbox only")
         return as_deferred(self._open(account, mind.holder))
 
+    async def _acquire(self, account_id: int, holder: str) -> bool:
+        """RFC 1939 §8 exclusive access. A lock whose release is still on its way (a session
+        that just said QUIT, here or on another node) is waited for, briefly."""
+        ttl = self.app.settings.pop3.maildrop_lock_seconds
+        for attempt in range(_ACQUIRE_ATTEMPTS):
+            pending = _RELEASING.get(account_id)
+            if pending is not None:
+                await _wait(pending)
+            if await self.app.store.acquire_maildrop(account_id, holder, ttl):
+                return True
+            if attempt + 1 < _ACQUIRE_ATTEMPTS and account_id not in _RELEASING:
+                await asyncio.sleep(_ACQUIRE_RETRY_SECONDS)
+        return False
+
     async def _open(self, account: Account, holder: str):
         store = self.app.store
         settings = self.app.settings.pop3
-        if not await store.acquire_maildrop(account.id, holder, settings.maildrop_lock_seconds):
+        if not await self._acquire(account.id, holder):
             raise MaildropInUse()
         try:
             listing = await store.pop3_listing(account.id)
@@ -132,7 +153,7 @@ class Maildrop:
         self.messages: tuple[MessageMeta, ...] = listing.messages
         self.deleted: set[int] = set()
         self.released = False
-        self._release: defer.Deferred | None = None
+        self._release_task: asyncio.Task | None = None
         self._mailbox_id: int | None = None
         self._ahead: dict[int, bytes] = {}
         self._ahead_bytes = 0
@@ -211,17 +232,25 @@ class Maildrop:
                                                      self.app.settings.pop3.maildrop_lock_seconds)
 
     def release(self) -> defer.Deferred:
-        """Release the maildrop lock once; the Deferred fires when it is gone (never fails)."""
-        if self._release is None:
+        """Release the maildrop lock (once, in the background); the Deferred fires when it is gone.
+
+        A new login of the same account in this process waits for a pending
+        release (see `Realm`), so QUIT does not have to wait for it.
+        """
+        if self._release_task is None:
             self.released = True
-            d = as_deferred(self.app.store.release_maildrop(self.account.id, self.holder))
-            d.addErrback(lambda failure: log.warning(
-                "maildrop lock of %s not released (it expires by itself): %s",
-                self.account.address, failure.getErrorMessage()))
-            self._release = d
-        result: defer.Deferred = defer.Deferred()
-        self._release.addBoth(lambda value: (result.callback(None), value)[1])
-        return result
+            task = asyncio.ensure_future(self._release_now())
+            self._release_task = task
+            _RELEASING[self.account.id] = task
+            task.add_done_callback(lambda done: _RELEASING.pop(self.account.id, None)
+                                   if _RELEASING.get(self.account.id) is done else None)
+        return as_deferred(_wait(self._release_task))
+
+    async def _release_now(self) -> None:
+        try:
+            await self.app.store.release_maildrop(self.account.id, self.holder)
+        except Exception as exc:  # noqa: BLE001 - the lock expires by itself
+            log.warning("maildrop lock of %s not released (it expires by itself): %s", self.account.address, exc)
 
     def logout(self) -> None:
         self.release()
@@ -256,6 +285,10 @@ class Maildrop:
 
     def sync(self) -> defer.Deferred:
         return as_deferred(self.apply_deletes())
+
+
+async def _wait(task: asyncio.Task) -> None:
+    await asyncio.shield(task)
 
 
 # ---------------------------------------------------------------- wire form

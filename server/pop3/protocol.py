@@ -511,8 +511,7 @@ class Pop3Session(pop3.POP3):
             except Exception:
                 log.exception("pop3 QUIT: deletions of %s not applied", self.account_address)
                 reply = ERR_UPDATE
-        # The lock goes before the goodbye so that a client reconnecting at once is not refused.
-        await as_future(maildrop.release())
+        # The lock is released in the background (_close_with); a new login waits for it.
         if reply is None:
             reply = OK_BYE_UPDATED % (len(maildrop.deleted), len(maildrop) - len(maildrop.deleted))
         self._close_with(reply)
