@@ -142,3 +142,10 @@ def test_connections_per_account_limit(start_server):
     assert tagged.startswith(b"NO [LIMIT]")
     first.ok("LOGOUT")
     first.close()
+
+
+def test_idle_timeout_autologout(start_server):
+    srv = start_server("sqlite", CASELLA_IMAP__IDLE_TIMEOUT="1")
+    raw = Raw(srv)
+    assert raw.line(timeout=5).startswith(b"* BYE Autologout")
+    raw.close()
