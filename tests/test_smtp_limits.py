@@ -160,8 +160,9 @@ def test_auth_throttle_then_lockout(limited):
         assert code == 421
 
 
-def test_graceful_shutdown_finishes_transactions(start_server):
-    srv = start_server("sqlite", CASELLA_SERVER__SHUTDOWN_TIMEOUT="5")
+def test_graceful_shutdown_finishes_transactions(limited):
+    """Last in this module: it stops the module's daemon (shutdown_timeout is 3 s there)."""
+    srv = limited
     user = srv.new_user()
     idle = Raw(srv)
     idle.cmd(b"EHLO idle.test")
