@@ -205,7 +205,8 @@ class SmtpHandler:
             conn.rejected += 1
             return replies.NO_SUCH_USER
         elif self.role == "submission" and session.account is not None:
-            envelope.remote.append(address)
+            if address.lower() not in (r.lower() for r in envelope.remote):  # one queue entry per recipient
+                envelope.remote.append(address)
         else:
             conn.rejected += 1
             return replies.RELAY_DENIED  # RFC 5321 §3.6.2: never an open relay
