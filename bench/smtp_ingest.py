@@ -237,7 +237,8 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgres")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    print(f"SMTP ingest: {args.size} B messages, {args.messages} per level, {os.cpu_count()} CPUs", flush=True)
+    print(f"SMTP ingest: {args.size} B messages, {args.messages} per level, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (other processes share the CPUs: see CPU ms/msg)", flush=True)
     rows = []
     for backend in args.backends.split(","):
         rows.extend(bench_backend(backend, args))
@@ -246,6 +247,7 @@ def main() -> int:
     for row in rows:
         print(f"{row['backend']:10}{row.get('tool', 'asyncio'):14}{row['clients']:>8}{row['messages']:>10}"
               f"{row['rate']:>9.0f}{row['p50']:>9.1f}{row['p99']:>9.1f}{row['cpu_ms']:>12.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     postfix = None
     if shutil.which("smtp-source") and shutil.which("postfix"):
         try:
