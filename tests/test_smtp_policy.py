@@ -243,3 +243,15 @@ def test_over_quota_recipient_of_accepted_message_is_bounced(strict):
     queued = [i for i in strict.admin.run(strict.admin.store.list_outbound())
               if i.recipients == ("someone@elsewhere.test",)]
     assert len(queued) == 1 and queued[0].mail_from == ""
+
+
+def test_new_account_reachable_at_once(strict):
+    """Only positive resolutions are cached: a 550 never outlives the account's creation."""
+    address = f"late-{__import__('uuid').uuid4().hex[:8]}@{TEST_DOMAIN}"
+    with mx(strict) as client:
+        client.ehlo("mta.test")
+        client.mail("a@remote.test")
+        assert client.rcpt(address)[0] == 550
+        strict.admin.run(strict.admin.store.add_account(address, "a-long-password"))
+        assert client.rcpt(address)[0] == 250
+        assert client.data(message("a@remote.test", address, "late"))[0] == 250
