@@ -75,6 +75,15 @@ class RawClient:
         self.sock.close()
 
 
+@pytest.fixture(scope="module")
+def shared(server):
+    """One account with messages 1-3 for the tests that read and never delete (account creation is slow)."""
+    account = server.new_user()
+    for n in (1, 2, 3):
+        deliver(server, account, message(n))
+    return account
+
+
 # ---------------------------------------------------------------- greeting, CAPA, STLS
 
 
@@ -95,11 +104,11 @@ def test_capa_drops_stls_once_in_tls(server):
     client.quit()
 
 
-def test_stls_then_login_and_second_stls_refused(server, user):
+def test_stls_then_login_and_second_stls_refused(server, shared):
     client = connect(server, tls="stls")
     assert err(client._shortcmd, "STLS") == b"-ERR TLS is already active"
-    client.user(user.address)
-    assert client.pass_(user.password).startswith(b"+OK Logged in")
+    client.user(shared.address)
+    assert client.pass_(shared.password).startswith(b"+OK Logged in")
     client.quit()
 
 
@@ -109,20 +118,20 @@ def test_stls_on_pop3s_refused(server):
     client.quit()
 
 
-def test_stls_after_login_refused(server, user):
-    client = login(server, user)
+def test_stls_after_login_refused(server, shared):
+    client = login(server, shared)
     assert err(client._shortcmd, "STLS") == b"-ERR Already logged in"
     client.quit()
 
 
-def test_commands_pipelined_after_stls_are_discarded(server, user):
+def test_commands_pipelined_after_stls_are_discarded(server, shared):
     raw = RawClient(server)
     # CVE-2011-0411 style injection: a plaintext command riding in the same packet as STLS.
-    raw.send(b"STLS\r\nUSER " + user.address.encode() + b"\r\n")
+    raw.send(b"STLS\r\nUSER " + shared.address.encode() + b"\r\n")
     assert raw.line() == b"+OK Begin TLS negotiation"
     context = client_context(server)
     tls = context.wrap_socket(raw.sock, server_hostname="localhost")
-    tls.sendall(b"PASS " + user.password.encode() + b"\r\n")
+    tls.sendall(b"PASS " + shared.password.encode() + b"\r\n")
     reply = tls.recv(4096)
     assert reply.startswith(b"-ERR Send USER first"), reply  # the injected USER was not acted on
     tls.sendall(b"QUIT\r\n")
@@ -130,29 +139,29 @@ def test_commands_pipelined_after_stls_are_discarded(server, user):
     tls.close()
 
 
-def test_pop3s_login(server, user):
-    deliver(server, user, message(1))
-    client = login(server, user, tls="implicit")
-    assert client.stat() == (1, len(message(1)))
+def test_pop3s_login(server, shared):
+    client = login(server, shared, tls="implicit")
+    assert client.stat() == (3, sum(len(message(n)) for n in (1, 2, 3)))
     client.quit()
 
 
 # ---------------------------------------------------------------- USER / PASS / AUTH
 
 
-def test_user_pass_login(server, user):
+def test_user_pass_login(server, shared):
     client = connect(server)
-    assert client.user(user.address) == b"+OK Send your password"
-    assert client.pass_(user.password) == b"+OK Logged in, 0 messages (0 octets)"
+    assert client.user(shared.address) == b"+OK Send your password"
+    total = sum(len(message(n)) for n in (1, 2, 3))
+    assert client.pass_(shared.password) == b"+OK Logged in, 3 messages (%d octets)" % total
     assert client.quit().startswith(b"+OK")
 
 
-def test_wrong_password_gets_auth_code_and_session_continues(server, user):
+def test_wrong_password_gets_auth_code_and_session_continues(server, shared):
     client = connect(server)
-    client.user(user.address)
+    client.user(shared.address)
     assert err(client.pass_, "wrong-password") == b"-ERR [AUTH] Authentication failed"
-    client.user(user.address)
-    assert client.pass_(user.password).startswith(b"+OK")
+    client.user(shared.address)
+    assert client.pass_(shared.password).startswith(b"+OK")
     client.quit()
 
 
@@ -184,8 +193,8 @@ def test_transaction_commands_before_login_refused(server):
     client.quit()
 
 
-def test_auth_commands_after_login_refused(server, user):
-    client = login(server, user)
+def test_auth_commands_after_login_refused(server, shared):
+    client = login(server, shared)
     for command in ("USER x", "PASS x", "AUTH PLAIN"):
         assert err(client._shortcmd, command) == b"-ERR Already logged in", command
     client.quit()
@@ -195,24 +204,24 @@ def plain(authcid: str, password: str, authzid: str = "") -> str:
     return base64.b64encode(f"{authzid}\0{authcid}\0{password}".encode()).decode()
 
 
-def test_auth_plain_with_initial_response(server, user):
+def test_auth_plain_with_initial_response(server, shared):
     client = connect(server)
-    assert client._shortcmd("AUTH PLAIN " + plain(user.address, user.password)).startswith(b"+OK Logged in")
+    assert client._shortcmd("AUTH PLAIN " + plain(shared.address, shared.password)).startswith(b"+OK Logged in")
     client.quit()
 
 
-def test_auth_plain_with_challenge(server, user):
+def test_auth_plain_with_challenge(server, shared):
     raw = RawClient(server)
     raw.send(b"AUTH PLAIN\r\n")
     assert raw.line() == b"+ "
-    raw.send(plain(user.address, user.password).encode() + b"\r\n")
+    raw.send(plain(shared.address, shared.password).encode() + b"\r\n")
     assert raw.line().startswith(b"+OK Logged in")
     raw.send(b"QUIT\r\n")
     assert raw.line().startswith(b"+OK")
     raw.close()
 
 
-def test_auth_plain_cancel_and_errors(server, user):
+def test_auth_plain_cancel_and_errors(server, shared):
     raw = RawClient(server)
     raw.send(b"AUTH PLAIN\r\n")
     assert raw.line() == b"+ "
@@ -222,26 +231,26 @@ def test_auth_plain_cancel_and_errors(server, user):
     assert raw.line() == b"-ERR Invalid base64 data in SASL response"
     raw.send(b"AUTH PLAIN =\r\n")
     assert raw.line() == b"-ERR Invalid base64 data in SASL response"
-    raw.send(b"AUTH PLAIN " + plain(user.address, "wrong-password").encode() + b"\r\n")
+    raw.send(b"AUTH PLAIN " + plain(shared.address, "wrong-password").encode() + b"\r\n")
     assert raw.line() == b"-ERR [AUTH] Authentication failed"
-    raw.send(b"AUTH PLAIN " + plain(user.address, user.password, "other@example.test").encode() + b"\r\n")
+    raw.send(b"AUTH PLAIN " + plain(shared.address, shared.password, "other@example.test").encode() + b"\r\n")
     assert raw.line().startswith(b"-ERR [AUTH] Authorization identity")
     raw.send(b"AUTH CRAM-MD5\r\n")
     assert raw.line() == b"-ERR Unsupported SASL mechanism (only PLAIN)"
     raw.send(b"AUTH\r\n")
     assert raw.line().startswith(b"+OK")
     assert raw.multiline() == [b"PLAIN"]
-    raw.send(b"AUTH PLAIN " + plain(user.address, user.password, user.address).encode() + b"\r\n")
+    raw.send(b"AUTH PLAIN " + plain(shared.address, shared.password, shared.address).encode() + b"\r\n")
     assert raw.line().startswith(b"+OK Logged in")
     raw.send(b"QUIT\r\n")
     raw.line()
     raw.close()
 
 
-def test_apop_not_offered(server, user):
+def test_apop_not_offered(server, shared):
     client = connect(server)
     assert b"<" not in client.getwelcome()  # no APOP timestamp in the greeting
-    assert err(client._shortcmd, f"APOP {user.address} 0123456789abcdef").startswith(b"-ERR Unknown command")
+    assert err(client._shortcmd, f"APOP {shared.address} 0123456789abcdef").startswith(b"-ERR Unknown command")
     client.quit()
 
 
@@ -249,13 +258,12 @@ def test_apop_not_offered(server, user):
 
 
 @pytest.fixture
-def mailbox(server, user):
-    """A user with three messages in INBOX, logged in."""
-    raws = [message(n) for n in (1, 2, 3)]
-    uids = [deliver(server, user, raw) for raw in raws]
-    client = login(server, user)
-    yield client, raws, uids
+def mailbox(server, shared):
+    """The shared account (three messages), logged in; left as found (RSET before QUIT)."""
+    client = login(server, shared)
+    yield client, [message(n) for n in (1, 2, 3)], None
     try:
+        client.rset()
         client.quit()
     except (poplib.error_proto, OSError):
         pass
