@@ -55,6 +55,7 @@ ERR_USER_FIRST = b"-ERR Send USER first"
 ERR_AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
 ERR_LOCKED_OUT = b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later"
 ERR_IN_USE = b"-ERR [IN-USE] Mailbox is locked by another POP3 session, try again later"
+ERR_NO_MAILDROP = b"-ERR [SYS/PERM] Maildrop unavailable (no INBOX)"
 ERR_PLAINTEXT = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections: "
                  b"use STLS or the pop3s port first")
 ERR_MECHANISM = b"-ERR Unsupported SASL mechanism (only PLAIN)"
@@ -375,7 +376,11 @@ class Pop3Session(pop3.POP3):
         except cred_error.UnauthorizedLogin:
             self.sendLine(ERR_AUTH_FAILED)  # RFC 3206 §4 [AUTH]
             return
-        except (cred_error.LoginDenied, NotFound) as exc:
+        except NotFound as exc:
+            log.warning("pop3 login of %s: maildrop unavailable: %s", username, exc)
+            self.sendLine(ERR_NO_MAILDROP)
+            return
+        except cred_error.LoginDenied as exc:
             log.warning("pop3 login of %s refused: %s", username, exc)
             self.sendLine(ERR_AUTH_FAILED)
             return
