@@ -53,7 +53,15 @@ def test_size_advertised_and_enforced(limited):
         client.mail("a@remote.test")
         client.rcpt(user.address)
         assert client.data(message("a@remote.test", user.address, body=("z" * 100 + "\r\n") * 150))[0] == 250
-    assert len(mailbox(limited, user)) == 1
+        # Exactly at the limit passes, one octet more does not (RFC 1870: the limit is inclusive).
+        exact = b"Subject: exact\r\n\r\n" + (b"f" * 98 + b"\r\n") * 199 + b"f" * 80 + b"\r\n"
+        assert len(exact) == 20000
+        for payload, expected in ((exact, 250), (exact + b"g\r\n", 552)):
+            client.mail("a@remote.test")
+            client.rcpt(user.address)
+            code, _ = client.data(payload)
+            assert code == expected
+    assert len(mailbox(limited, user)) == 2
 
 
 def test_recipients_per_message(limited):

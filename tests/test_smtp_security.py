@@ -98,3 +98,25 @@ def test_tls_handshake_garbage_does_not_hurt_server(server, user):
     again = Raw(server)
     assert again.cmd(b"NOOP").startswith(b"250")
     again.close()
+
+
+def test_terminator_split_across_packets_and_empty_message(server, user):
+    raw = Raw(server)
+    raw.cmd(b"EHLO client.test")
+    raw.cmd(b"MAIL FROM:<a@remote.test>")
+    raw.cmd(b"RCPT TO:<" + user.address.encode() + b">")
+    assert raw.cmd(b"DATA").startswith(b"354")
+    import time
+
+    for piece in (b"Subject: split\r\n\r\nbody\r", b"\n", b".", b"\r", b"\n"):
+        raw.send(piece)
+        time.sleep(0.05)
+    assert raw.reply().startswith(b"250 2.0.0")
+    raw.cmd(b"MAIL FROM:<a@remote.test>")
+    raw.cmd(b"RCPT TO:<" + user.address.encode() + b">")
+    assert raw.cmd(b"DATA").startswith(b"354")
+    assert raw.cmd(b".").startswith(b"250 2.0.0")  # an empty message is a message
+    raw.close()
+    first, empty = mailbox(server, user)
+    assert body_of(first) == b"Subject: split\r\n\r\nbody\r\n"
+    assert body_of(empty) == b""

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from config import TlsMode
 
@@ -42,6 +42,9 @@ IDENT = "Casella ESMTP"
 # Sloppy mailers write `MAIL FROM:Name <addr>`: one phrase then one angle address is unambiguous.
 _PHRASE_THEN_ADDRESS = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"|[^<>"@]*?)\s*(<[^<>]*>)(.*)$')
 _GROUPABLE = frozenset({"MAIL", "RCPT", "RSET"})
+_READ_CHUNK = 256 * 1024
+# RFC 5321 §4.1.1.4: the mail data ends with <CRLF>.<CRLF> and nothing else (no bare CR or LF forms).
+_END_OF_DATA = b"\r\n.\r\n"
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
 
 
@@ -115,6 +118,8 @@ class SmtpConnection(SMTP):
         self._refused = False
         self._accounted = False
         self._pending: list[bytes] = []
+        # A run of line_length_limit octets without LF is a line over the limit (CRLF included).
+        self._long_line = re.compile(rb"[^\n]{%d,}" % self.line_length_limit)
 
     # ------------------------------------------------------------ connection life
 
@@ -283,6 +288,68 @@ class SmtpConnection(SMTP):
         for index, line in enumerate(lines):
             sep = " " if index == len(lines) - 1 else "-"
             await self.push(f"250{sep}{line}", raw=True)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading in large chunks instead of line by line (a third of the CPU per message)."""
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content, error = await self._read_data()
+        if content is None:
+            self._set_post_data_state()
+            if error is not None:  # RFC 5321 §4.2.5: the reply comes after the whole message was read
+                await self.push(error)
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(replies.OK if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes | None, str | None]:
+        """The message up to <CRLF>.<CRLF>, dot-unstuffed (RFC 5321 §4.5.2), or the reply refusing it.
+
+        Only the exact five octets end the data; bare <LF>.<LF> or <CR>.<CR> are content (SMTP
+        smuggling). Oversized data is read to its end and dropped as it comes, never held.
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        width = self.line_length_limit
+        data = bytearray(b"\r\n")  # the CRLF before the first line, so ".\r\n" at once is an empty message
+        error: str | None = None
+        while True:
+            chunk = await reader.read(_READ_CHUNK)
+            if not chunk:
+                self.close_reason = "connection closed during DATA"
+                if self.transport is not None:
+                    self.transport.close()
+                return None, None
+            old = len(data)
+            data += chunk
+            end = data.find(_END_OF_DATA, max(old - 4, 0))
+            if error is None:
+                # Size of the stuffed data so far; a possibly partial terminator is not counted.
+                size = end if end >= 0 else len(data) - 2 - 3
+                if limit and size > limit:
+                    error = replies.SIZE_EXCEEDED  # RFC 1870 §6.3
+                elif self._long_line.search(data, max(old - width, 0), end + 2 if end >= 0 else len(data)):
+                    error = replies.LINE_TOO_LONG  # RFC 5321 §4.5.3.1.6
+            if end >= 0:
+                break
+            if error is not None:
+                del data[:-4]  # keep only what may begin the terminator
+        leftover = data[end + len(_END_OF_DATA):]
+        if leftover:  # pipelined commands after the data (RFC 2920) go back to the command reader
+            reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
+        if error is not None:
+            return None, error
+        return bytes(data[:end + 2]).replace(b"\r\n.", b"\r\n")[2:], None
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.tls_active:  # aiosmtpd would start TLS inside TLS
