@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import Integer as _Int
-from sqlalchemy import delete, exists, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -1293,8 +1293,7 @@ class MailStore:
 
     async def outbound_content(self, queue_id: int) -> bytes:
         def read(s: Session):
-            data = s.scalar(select(MessageRow.raw).join(OutboundRow, OutboundRow.message_id == MessageRow.id)
-                            .where(OutboundRow.id == queue_id))
+            data = s.connection().execute(_OB_CONTENT, {"qid": queue_id}).scalar()
             if data is None:
                 raise NotFound(f"no queued message {queue_id}")
             return bytes(data)
@@ -1309,22 +1308,24 @@ class MailStore:
         mailbox still holds it) its content are deleted. Returns how many stay pending.
         Only the lease holder may record; a stolen lease (expired, re-claimed) records nothing.
         """
+        # Prebuilt Core statements (the queue's hot path, as in storage/queries.py).
         def op(s: Session):
-            holder = s.scalar(select(OutboundRow.locked_by).where(OutboundRow.id == queue_id))
-            if holder != worker:
+            conn = s.connection()
+            found = conn.execute(_OB_HOLDER, {"qid": queue_id}).first()
+            if found is None or found[0] != worker:
                 return -1, []
-            for rcpt_id, status, reply in results:
-                s.execute(update(OutboundRecipientRow).where(
-                    OutboundRecipientRow.id == rcpt_id, OutboundRecipientRow.queue_id == queue_id)
-                    .values(status=status, last_reply=reply[:2000] if reply else None))
-            pending = s.scalar(select(func.count()).select_from(OutboundRecipientRow).where(
-                OutboundRecipientRow.queue_id == queue_id, OutboundRecipientRow.status == "pending")) or 0
+            if results:
+                conn.execute(_OB_SET_RCPT, [{"rid": rid, "qid": queue_id, "st": status,
+                                             "reply": reply[:2000] if reply else None}
+                                            for rid, status, reply in results])
+            pending = conn.execute(_OB_PENDING, {"qid": queue_id}).scalar() or 0
             if not pending:
-                self._delete_outbound(s, queue_id)
+                conn.execute(_OB_DELETE_RCPTS, {"qid": queue_id})
+                conn.execute(_OB_DELETE_ITEM, {"qid": queue_id})
+                conn.execute(_OB_COLLECT, {"cid": found[1]})
                 return 0, []
-            s.execute(update(OutboundRow).where(OutboundRow.id == queue_id).values(
-                attempts=OutboundRow.attempts + 1, last_error=error[:2000] if error else None,
-                next_attempt_at=retry_at or datetime.now(timezone.utc), locked_by=None, locked_until=None))
+            conn.execute(_OB_RESCHEDULE, {"qid": queue_id, "err": error[:2000] if error else None,
+                                          "at": retry_at or datetime.now(timezone.utc)})
             return int(pending), []
 
         return await self._write(op)
@@ -1407,3 +1408,24 @@ class OutboundClaim:
     @property
     def pending(self) -> tuple[OutboundRecipient, ...]:
         return tuple(r for r in self.recipients if r.status == "pending")
+
+
+_ob = OutboundRow.__table__
+_rc = OutboundRecipientRow.__table__
+_OB_CONTENT = (select(MessageRow.__table__.c.raw).join(_ob, _ob.c.message_id == MessageRow.__table__.c.id)
+               .where(_ob.c.id == bindparam("qid")))
+_OB_HOLDER = select(_ob.c.locked_by, _ob.c.message_id).where(_ob.c.id == bindparam("qid"))
+_OB_SET_RCPT = (update(_rc).where(_rc.c.id == bindparam("rid"), _rc.c.queue_id == bindparam("qid"))
+                .values(status=bindparam("st"), last_reply=bindparam("reply")))
+_OB_PENDING = (select(func.count()).select_from(_rc)
+               .where(_rc.c.queue_id == bindparam("qid"), _rc.c.status == "pending"))
+_OB_DELETE_RCPTS = delete(_rc).where(_rc.c.queue_id == bindparam("qid"))
+_OB_DELETE_ITEM = delete(_ob).where(_ob.c.id == bindparam("qid"))
+_OB_RESCHEDULE = (update(_ob).where(_ob.c.id == bindparam("qid"))
+                  .values(attempts=_ob.c.attempts + 1, last_error=bindparam("err"), next_attempt_at=bindparam("at"),
+                          locked_by=None, locked_until=None))
+# Same rule as _collect_garbage: content goes when no mailbox entry and no queue item uses it.
+_OB_COLLECT = delete(MessageRow.__table__).where(
+    MessageRow.__table__.c.id == bindparam("cid"),
+    ~exists().where(MailboxMessageRow.__table__.c.message_id == MessageRow.__table__.c.id),
+    ~exists().where(_ob.c.message_id == MessageRow.__table__.c.id))

@@ -109,6 +109,35 @@ def txt_lines(name: str, value: str) -> str:
     return f'{name}. IN TXT ( ' + " ".join(f'"{c}"' for c in chunks) + " )"
 
 
+_RSA_KEYS: dict[int, object] = {}
+
+
+def _openssl_rsa_sign(digest: object, private_key: dict) -> bytes:
+    """dkimpy's RSASSA-PKCS1-v1_5 signing done by OpenSSL (cryptography) instead of pure-Python pow().
+
+    dkimpy computes RSA with Python integers: about 20 ms per 2048-bit signature, which
+    capped outbound delivery near 40 messages/s. The signature bytes are identical
+    (PKCS#1 v1.5 is deterministic); canonicalization and the header stay dkimpy's.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    key = _RSA_KEYS.get(private_key["modulus"])
+    if key is None:
+        public = rsa.RSAPublicNumbers(private_key["publicExponent"], private_key["modulus"])
+        key = rsa.RSAPrivateNumbers(
+            p=private_key["prime1"], q=private_key["prime2"], d=private_key["privateExponent"],
+            dmp1=private_key["exponent1"], dmq1=private_key["exponent2"], iqmp=private_key["coefficient"],
+            public_numbers=public).private_key()
+        _RSA_KEYS[private_key["modulus"]] = key
+    algorithm = hashes.SHA256() if digest.name == "sha256" else hashes.SHA1()
+    return key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+
+
+# dkim.sign() looks the function up in its module namespace at call time.
+dkim.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
+
+
 class DkimSigner:
     """Signs outgoing messages with every key found for the sending domain (keys loaded lazily)."""
 

@@ -132,9 +132,9 @@ async def _one_host(hop: Hop, mail_from: str, recipients: Sequence[str], message
                 raise _HostFailed(_reply(exc.code, exc.message), status_of(exc.code, exc.message, "7.8")) \
                     from None
         options = []
-        if client.supports_extension("8bitmime") and any(b > 0x7F for b in message):
+        if client.supports_extension("8bitmime") and not message.isascii():
             options.append("BODY=8BITMIME")  # RFC 6152
-        utf8 = any(ord(c) > 0x7F for c in mail_from + "".join(recipients))
+        utf8 = not (mail_from + "".join(recipients)).isascii()
         if utf8:
             if not client.supports_extension("smtputf8"):
                 raise _HostFailed(f"{hop.host} does not support SMTPUTF8", "5.6.7", permanent=True)  # RFC 6531

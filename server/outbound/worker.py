@@ -105,9 +105,10 @@ class OutboundWorker:
             if self._stopping:
                 break
             free = self.config.concurrency - len(self._in_flight)
-            if claimed and free > 0:
+            # Claim again once a quarter of the slots are free: fewer, larger claim transactions.
+            if claimed and free >= max(1, self.config.concurrency // 4):
                 continue
-            await self._sleep(free <= 0)
+            await self._sleep(bool(claimed) or free <= 0)
 
     async def _sleep(self, full: bool) -> None:
         timeout = self.config.poll_interval
