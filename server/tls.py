@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 log = logging.getLogger("casella.tls")
 
@@ -49,8 +51,9 @@ def generate_self_signed(cert_file: str, key_file: str, hostname: str, days: int
         handle.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+@implementer(IOpenSSLContextFactory)
 class _TwistedContextFactory:
-    """Twisted's IOpenSSLServerConnectionCreator-compatible old-style context factory."""
+    """An old-style context factory (getContext) that always hands out the current context."""
 
     def __init__(self, owner: "TlsContexts") -> None:
         self._owner = owner

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -116,3 +118,27 @@ def test_json_logs(tmp_path):
     assert lines, server.log_text()
     records = [json.loads(line) for line in lines]
     assert any("stopped" in record["msg"] for record in records)
+
+
+def test_drops_privileges_after_binding():
+    if os.geteuid() != 0:
+        pytest.skip("privilege drop needs the test to run as root")
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    # pytest's tmp_path lives under a 0700 directory; nobody needs a path it can reach.
+    workdir = tempfile.mkdtemp(prefix="casella-drop-")
+    os.chmod(workdir, 0o777)
+    server = CasellaServer(workdir, env={"CASELLA_SERVER__USER": "nobody", "CASELLA_SERVER__GROUP": group})
+    try:
+        with open(f"/proc/{server.process.pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        assert fields["Uid"].split()[0] == str(nobody.pw_uid)
+        assert fields["Gid"].split()[0] == str(nobody.pw_gid)
+        with socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=5) as conn:
+            assert conn.recv(100).startswith(b"* OK")
+    finally:
+        assert server.stop() == 0
+        shutil.rmtree(workdir, ignore_errors=True)
