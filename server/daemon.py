@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import importlib
 import json
 import logging
 import os
@@ -22,7 +23,6 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from config import ConfigError, Listener, Settings, load_settings
 from storage import MailStore
-from storage.errors import StoreError
 
 from . import logs
 from .auth import Authenticator, AuthThrottle
@@ -132,7 +132,7 @@ class App:
         try:
             store = await MailStore.open(db_settings.url, cross_process_events=True,
                                          auth_cache_seconds=db_settings.auth_cache_seconds)
-        except (ValueError, OSError, StoreError) as exc:
+        except Exception as exc:  # any driver error: one line, not a traceback
             raise StartupError(f"cannot open database {db_settings.url}: {exc}") from None
         try:
             state = await schema_state(store.db)
@@ -163,8 +163,21 @@ class App:
             await self.store.add_account(dev.demo_account, dev.demo_password)
         print(f"casella: dev account {dev.demo_account} password {dev.demo_password}", flush=True)
 
+    def preload(self) -> dict[str, Any]:
+        """Import every module the daemon will need while we may still read them all:
+        after the privilege drop the interpreter's own files may be out of reach
+        (a Python installed under /root, a chroot)."""
+        import storage.migrate  # noqa: F401 - alembic and the migrations
+
+        importlib.import_module("sqlite3" if self.settings.database.url.startswith("sqlite") else "asyncpg")
+        importlib.import_module("server.outbound")
+
+        return {module: importlib.import_module(f"server.{module}")
+                for module, _role in {LISTENER_TABLE[name] for name, _ in self.enabled_listeners()}}
+
     async def start(self) -> None:
         self.bind()
+        modules = self.preload()
         self.drop_privileges()
         await self.open_store()
         if self.dev:
@@ -175,7 +188,7 @@ class App:
             if listener.tls.value != "none" and self.tls is None:
                 raise StartupError(f"listener {name} wants TLS but {self.settings.tls.cert_file} is missing "
                                    "(set tls.self_signed_if_missing = true for a self-signed one)")
-            module = __import__(f"server.{module_name}", fromlist=["start"])
+            module = modules[module_name]
             self.listeners[name] = await module.start(self, name, role, listener, self._sockets.pop(name))
             log.info("listening: %s on %s:%d (%s)", name, listener.address, self.ports[name], listener.tls.value)
         # ---- issue 6: outbound delivery worker (+ app.resolver, app.dkim_signer for the MX checks)
