@@ -67,20 +67,33 @@ class RawClient:
         return data
 
     def cmd(self, text: str) -> tuple[float, bytes]:
+        """Send one command and read to its tagged line (linear in the response size)."""
         self.n += 1
         tag = b"b%d" % self.n
+        marker = b"\r\n" + tag + b" "
         start = time.perf_counter()
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        data = b""
+        data = bytearray(self.buf)
+        self.buf = b""
         while True:
-            line = self.read_until(b"\r\n")
-            data += line
-            if line.startswith(tag + b" "):
-                break
+            found = data.find(marker, max(0, len(data) - (1 << 21)))
+            if found < 0 and data.startswith(tag + b" "):
+                found = -2
+            if found != -1:
+                begin = found + 2 if found >= 0 else 0
+                end = data.find(b"\r\n", begin)
+                if end >= 0:
+                    break
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
         elapsed = time.perf_counter() - start
+        line = bytes(data[begin:end])
+        self.buf = bytes(data[end + 2:])
         if not line.startswith(tag + b" OK"):
             raise RuntimeError(f"{text}: {line!r}")
-        return elapsed, data
+        return elapsed, bytes(data[:end + 2])
 
 
 def rss_kb(pid: int) -> int:
