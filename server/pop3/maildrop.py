@@ -176,11 +176,17 @@ class Maildrop:
     def live_octets(self) -> int:
         return sum(m.size for i, m in enumerate(self.messages) if i not in self.deleted)
 
-    async def read(self, index: int) -> bytes:
-        """The stored bytes; small messages are read ahead in batches, as clients RETR in order."""
+    def read_ahead(self, index: int) -> bytes | None:
+        """The bytes if they were read ahead (taken out of the cache), else None."""
         raw = self._ahead.pop(index, None)
         if raw is not None:
             self._ahead_bytes -= len(raw)
+        return raw
+
+    async def read(self, index: int) -> bytes:
+        """The stored bytes; small messages are read ahead in batches, as clients RETR in order."""
+        raw = self.read_ahead(index)
+        if raw is not None:
             return raw
         batch = self._read_ahead_batch(index)
         if len(batch) > 1:

@@ -446,7 +446,7 @@ class Pop3Session(pop3.POP3):
     def do_RETR(self, arg: bytes) -> None:  # noqa: N802
         index = self._message(arg)
         if index is not None:
-            self._run(self._send_message(index, None))
+            self._retrieve(index, None)
 
     def do_TOP(self, arg: bytes, lines: bytes) -> None:  # noqa: N802
         if not lines.isdigit():
@@ -454,27 +454,41 @@ class Pop3Session(pop3.POP3):
             return
         index = self._message(arg)
         if index is not None:
-            self._run(self._send_message(index, int(lines)))
+            self._retrieve(index, int(lines))
 
-    async def _send_message(self, index: int, body_lines: int | None) -> None:
+    def _retrieve(self, index: int, body_lines: int | None) -> None:
+        raw = self.mbox.read_ahead(index)
+        if raw is not None and len(raw) <= _LARGE:
+            self._write_message(index, body_lines, to_wire(raw, body_lines))  # no I/O: answer at once
+        else:
+            self._run(self._send_message(index, body_lines, raw))
+
+    def _write_message(self, index: int, body_lines: int | None, wire: bytes) -> None:
         meta = self.mbox.meta(index)
-        try:
-            raw = await self.mbox.read(index)
-        except NotFound:
-            self.sendLine(ERR_VANISHED % (index + 1))
-            return
+        self.transport.write((OK_TOP if body_lines is not None else OK_RETR % meta.size) + b"\r\n" + wire)
+        self._stats["top" if body_lines is not None else "retr"] += 1
+        self._stats["octets"] += len(wire)
+
+    async def _send_message(self, index: int, body_lines: int | None, raw: bytes | None = None) -> None:
+        meta = self.mbox.meta(index)
+        if raw is None:
+            try:
+                raw = await self.mbox.read(index)
+            except NotFound:
+                self.sendLine(ERR_VANISHED % (index + 1))
+                return
         if len(raw) > _LARGE:
             wire = await asyncio.to_thread(to_wire, raw, body_lines)
         else:
             wire = to_wire(raw, body_lines)
         if self._closing:
             return
-        self.sendLine(OK_TOP if body_lines is not None else OK_RETR % meta.size)
         if len(wire) <= _LARGE:
-            self.transport.write(wire)
-        else:
-            # A pull producer: the loop sends 64 KB at a time as the socket drains.
-            await as_future(_ChunkSender().beginFileTransfer(_BytesReader(wire), self.transport))
+            self._write_message(index, body_lines, wire)
+            return
+        self.sendLine(OK_TOP if body_lines is not None else OK_RETR % meta.size)
+        # A pull producer: the loop sends 64 KB at a time as the socket drains.
+        await as_future(_ChunkSender().beginFileTransfer(_BytesReader(wire), self.transport))
         self._stats["top" if body_lines is not None else "retr"] += 1
         self._stats["octets"] += len(wire)
 
