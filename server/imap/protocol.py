@@ -946,7 +946,8 @@ class ImapSession(IMAP4Server):
         return b"EXPUNGE completed"
 
     async def cmd_search(self, tag: bytes, args: Args, *, uid: bool = False) -> bytes:
-        charset = "US-ASCII"
+        # Without CHARSET, 8-bit search strings are taken as UTF-8 (as Dovecot does) rather than refused.
+        charset = "UTF-8"
         token = args.peek()
         if isinstance(token, Atom) and bytes(token).upper() == b"CHARSET":
             args.next()
