@@ -179,7 +179,7 @@ class OutboundWorker:
             return
         raw = await self.store.outbound_content(claim.id)
         message = raw
-        if self.signer is not None:
+        if self.signer is not None and self.signer.enabled:
             message = await self.signer.sign(raw, self._signing_domain(raw, claim.mail_from))
         mail_from = "" if _null(claim.mail_from) else claim.mail_from.strip("<>")
         groups: dict[str, list[Any]] = defaultdict(list)
