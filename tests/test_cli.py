@@ -1,34 +1,46 @@
 """The `casella` command: round trips through the store and one-line errors, on both backends."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import sys
 
 import pytest
 
 from pytest_casella import casella_command
+from server.cli import main
 
 
-def make_cli(database_url, tmp_path):
-    env = dict(os.environ, CASELLA_DATABASE__URL=database_url)
+def make_cli(database_url, tmp_path, monkeypatch, capsys):
+    """Run `casella ARGS` in this process: the real parser and commands, without
+    a Python start-up per call (a subprocess test below covers the entry point)."""
+    monkeypatch.setenv("CASELLA_DATABASE__URL", database_url)
+    monkeypatch.chdir(tmp_path)
 
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*casella_command(), *args], env=env, cwd=tmp_path, input=input,
-                              capture_output=True, text=True, timeout=60)
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input or ""))
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse usage errors
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
 
     return run
 
 
 @pytest.fixture
-def cli(database_url, tmp_path):
+def cli(database_url, tmp_path, monkeypatch, capsys):
     """On both backends: the round trips."""
-    return make_cli(database_url, tmp_path)
+    return make_cli(database_url, tmp_path, monkeypatch, capsys)
 
 
 @pytest.fixture
-def sqlite_cli(tmp_path):
+def sqlite_cli(tmp_path, monkeypatch, capsys):
     """Error paths are the store's and the parser's, the same on both backends: SQLite keeps them quick."""
-    return make_cli(f"sqlite:///{tmp_path}/casella.db", tmp_path)
+    return make_cli(f"sqlite:///{tmp_path}/casella.db", tmp_path, monkeypatch, capsys)
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -94,3 +106,19 @@ def test_check_config_reports_bad_settings(sqlite_cli, tmp_path):
     bad.write_text("[listeners.smtp]\nport = -1\n")
     one_line_error(cli("check-config", "-c", str(bad)), "listeners.smtp.port")
     assert "configuration ok" in ok(cli("check-config", "--dev"))
+
+
+def test_the_console_script_works_end_to_end(tmp_path):
+    """The installed `casella` command itself, in a subprocess, as a user runs it."""
+    env = dict(os.environ, CASELLA_DATABASE__URL=f"sqlite:///{tmp_path}/casella.db")
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*casella_command(), *args], env=env, cwd=tmp_path, input=input,
+                              capture_output=True, text=True, timeout=60)
+
+    ok(run("db", "upgrade"))
+    ok(run("domain", "add", "example.test"))
+    ok(run("user", "add", "me@example.test", "--password-stdin", input="long-password-1\n"))
+    assert "me@example.test" in ok(run("user", "list"))
+    one_line_error(run("user", "add", "me@example.test", "--password-stdin", input="long-password-1\n"),
+                   "already exists")
