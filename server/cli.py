@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, dev=args.dev)
     enabled = [f"{name}={getattr(settings.listeners, name).port}"
-               for name in settings.listeners.model_fields if getattr(settings.listeners, name).enabled]
+               for name in type(settings.listeners).model_fields if getattr(settings.listeners, name).enabled]
     print(f"configuration ok: database {settings.database.url}; listeners {' '.join(enabled)}")
     return 0
 
