@@ -9,8 +9,9 @@ the server's):
 
 - logins/s: 4 parallel clients, each a full session (greeting, USER, PASS,
   QUIT) on its own account, for --seconds seconds. Logins include the maildrop
-  lock and the INBOX listing; password checks hit the credential cache (as
-  Dovecot's auth cache) after the first one;
+  lock (a store write to take it, one to release it) and the INBOX listing;
+  password checks hit the credential cache (as Dovecot's auth cache): the
+  first, cold login of an account (argon2 verification) is shown apart;
 - RETR of 1,000 messages of 4 KB, and of 20 messages of 1 MB, one command after
   the other in one session (as fetchmail does): messages/s and MB/s, the median
   of --rounds sessions.
@@ -100,7 +101,7 @@ def bench_logins(host: str, port: int, addresses: list[str], seconds: float) -> 
 
     def client(index: int) -> None:
         try:
-            while time.perf_counter() < deadline:
+            while counts[index] == 0 or time.perf_counter() < deadline:
                 session = Pop3Raw(host, port)
                 session.cmd(f"USER {addresses[index]}")
                 session.cmd(f"PASS {PASSWORD}")
@@ -168,7 +169,12 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> list[tuple[st
         await fill(store, small.id, 4096, 1000)
         await fill(store, large.id, 1024 * 1024, 20)
         host, port = daemon.host, daemon.ports["pop3"]
-        rate = await asyncio.to_thread(bench_logins, host, port, [a.address for a in login_accounts], args.seconds)
+        addresses = [a.address for a in login_accounts]
+        # The first login of each account verifies argon2 (slow by design); later ones hit the cache.
+        first = await asyncio.to_thread(bench_logins, host, port, addresses[:1], 0)
+        rows.append(("first login, argon2 verify (ms)", f"{1000 / first:,.0f}"))
+        await asyncio.to_thread(bench_logins, host, port, addresses, 0)
+        rate = await asyncio.to_thread(bench_logins, host, port, addresses, args.seconds)
         rows.append((f"logins/s ({CLIENTS} parallel clients)", f"{rate:,.0f}"))
         for label, account in (("RETR 1,000 x 4 KB", small), ("RETR 20 x 1 MB", large)):
             runs = [await asyncio.to_thread(bench_retr, host, port, account.address) for _ in range(args.rounds)]
@@ -201,7 +207,7 @@ async def main_async(args: argparse.Namespace) -> None:
     labels = [label for label, _ in results[backends[0]]]
     width = max(len(label) for label in labels)
     print(f"{'POP3':<{width}}  " + "  ".join(f"{b:>10}" for b in backends) + "  target (Dovecot)")
-    targets = {labels[0]: "150", labels[1]: "2,900"}
+    targets = {labels[1]: "150", labels[2]: "2,900"}
     for index, label in enumerate(labels):
         values = "  ".join(f"{dict(results[b])[label]:>10}" for b in backends)
         print(f"{label:<{width}}  {values}  {targets.get(label, '')}")

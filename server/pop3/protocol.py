@@ -107,7 +107,7 @@ COMMANDS: dict[bytes, tuple[str, int, int, str, bytes]] = {
 
 
 class _ChunkSender(basic.FileSender):
-    CHUNK_SIZE = 64 * 1024
+    CHUNK_SIZE = 256 * 1024
 
 
 class Pop3Session(pop3.POP3):
@@ -487,7 +487,7 @@ class Pop3Session(pop3.POP3):
             self._write_message(index, body_lines, wire)
             return
         self.sendLine(OK_TOP if body_lines is not None else OK_RETR % meta.size)
-        # A pull producer: the loop sends 64 KB at a time as the socket drains.
+        # A pull producer: the loop sends 256 KB at a time as the socket drains.
         await as_future(_ChunkSender().beginFileTransfer(_BytesReader(wire), self.transport))
         self._stats["top" if body_lines is not None else "retr"] += 1
         self._stats["octets"] += len(wire)
