@@ -106,6 +106,19 @@ def test_limits(start_server, backend):
     assert client.stat()[0] == 1
     client.quit()
 
+    # A client that stops reading in the middle of a big RETR is dropped after the idle timeout.
+    big = raw.replace(b"body\r\n", b"x" * 998 + b"\r\n") * 1 + (b"y" * 998 + b"\r\n") * 8000
+    server.admin.run(server.admin.store.deliver(big, [user.id]))
+    client = tls_login(server, user)
+    client._putcmd("RETR 2")
+    time.sleep(4)
+    client = tls_login(server, user)  # the stalled session is gone, and its lock with it
+    assert client.stat()[0] == 2
+    client.quit()
+    stalled = [line for line in server.daemon.log_text().splitlines()
+               if f"user={user.address}" in line and "retr=0 top=0 dele=0" in line and "end=timeout" in line]
+    assert len(stalled) == 1, server.daemon.log_text()[-3000:]
+
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_login_lockout(start_server, backend):

@@ -133,6 +133,7 @@ class Pop3Session(pop3.POP3):
         self._lock_refresher: task.LoopingCall | None = None
         self._lock_lost = False
         self._abort_call = None
+        self._transferring = False
         self._started = time.monotonic()
         self._end = "drop"
         self._stats = {"retr": 0, "top": 0, "dele": 0, "applied": 0, "octets": 0}
@@ -171,6 +172,14 @@ class Pop3Session(pop3.POP3):
     def timeoutConnection(self) -> None:  # noqa: N802
         # RFC 1939 §3: an idle session is closed without entering the UPDATE state.
         self._end = "timeout"
+        if self._transferring:
+            # Stalled in the middle of a message body: no reply can be framed, just go.
+            self._closing = True
+            self.blocked = None
+            if self.mbox is not None:
+                self.mbox.release()
+            self.transport.abortConnection()
+            return
         self._close_with(ERR_TIMEOUT)
 
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
@@ -487,8 +496,16 @@ class Pop3Session(pop3.POP3):
             self._write_message(index, body_lines, wire)
             return
         self.sendLine(OK_TOP if body_lines is not None else OK_RETR % meta.size)
-        # A pull producer: the loop sends 256 KB at a time as the socket drains.
-        await as_future(_ChunkSender().beginFileTransfer(_BytesReader(wire), self.transport))
+        # A pull producer: the loop sends 256 KB at a time as the socket drains. A client
+        # that stops reading for the idle timeout is dropped (progress resets the timer).
+        self._transferring = True
+        self.setTimeout(self.idle_timeout)
+        try:
+            reader = _BytesReader(wire, self.resetTimeout)
+            await as_future(_ChunkSender().beginFileTransfer(reader, self.transport))
+        finally:
+            self._transferring = False
+            self.setTimeout(None)
         self._stats["top" if body_lines is not None else "retr"] += 1
         self._stats["octets"] += len(wire)
 
@@ -540,13 +557,16 @@ class Pop3Session(pop3.POP3):
 class _BytesReader:
     """A file-like view on bytes for FileSender, without BytesIO's copy."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, on_read=None) -> None:  # noqa: ANN001
         self._view = memoryview(data)
         self._pos = 0
+        self._on_read = on_read
 
     def read(self, size: int) -> bytes:
         chunk = self._view[self._pos:self._pos + size]
         self._pos += len(chunk)
+        if self._on_read is not None:
+            self._on_read()
         return bytes(chunk)
 
 
