@@ -4,8 +4,8 @@ One command: `python bench/outbound.py`. It fills the outbound queue of a
 fresh store (SQLite in a temporary file by default; `--backends
 sqlite,postgres` for both) with N 4 KB messages, each to one recipient of a
 domain routed by the transport map to a sink on loopback, then runs the real
-OutboundWorker (claims with leases, one SMTP connection per message through
-aiosmtplib, per-recipient outcome recorded, queue row and content deleted)
+OutboundWorker (claims with leases, SMTP through
+aiosmtplib with the connection cache, per-recipient outcome recorded, queue row and content deleted)
 until the queue is empty, and prints messages/s. The sink is Postfix's
 `smtp-sink` when installed, otherwise aiosmtpd in a separate process (so the
 sink does not share the worker's CPU time). DKIM runs sign with an RSA-2048
@@ -143,7 +143,7 @@ async def main() -> None:
     generate_key(dual_dir, "bench.test", "rsa", "rsa-sha256", 2048)
     generate_key(dual_dir, "bench.test", "ed", "ed25519-sha256")
     print(f"sink: {sink_name}; {args.messages} messages of 4 KB, concurrency {args.concurrency}, "
-          f"one SMTP connection per message")
+          f"connections cached for the next message")
     try:
         for backend in args.backends.split(","):
             for label, key_dir, dkim in (("no DKIM", none_dir, False), ("DKIM rsa-sha256", rsa_dir, True),

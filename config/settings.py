@@ -173,6 +173,8 @@ class OutboundSettings(Strict):
     helo_name: str = ""
     # Opportunistic STARTTLS with MX hosts (certificate not checked, RFC 7435).
     starttls: bool = True
+    # Keep a connection this long after a transaction for the next message to that host (0 = off).
+    connection_cache_seconds: float = Field(default=2.0, ge=0)
     # Per-domain override: "domain" = "host:port" ("[host]:port" skips the MX lookup of host).
     transport_map: dict[str, str] = {}
     smart_host: SmartHost = SmartHost()

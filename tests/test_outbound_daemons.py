@@ -234,20 +234,27 @@ def test_dmarc_reject_is_550_and_forged_results_are_removed(pair):
 
 
 def test_queue_cli_show_retry_delete(pair, dns):
-    alice = pair.user(pair.a, "alpha.test")
+    # On B: default lifetime (5 days) and retry delay (5 minutes), so the item stays put while the CLI runs.
+    bella = pair.user(pair.b, "beta.test")
     dns.set("held.test", "MX", (10, "mx.held.test"))
     dns.set("mx.held.test", "A", DEAD)
-    submit(pair, alice, ["x@held.test", "y@held.test"], "held")
+    client = smtplib.SMTP(pair.b.host, pair.b.port("submission"), timeout=30)
+    try:
+        client.ehlo("client.test")
+        client.login(bella.address, bella.password)
+        client.sendmail(bella.address, ["x@held.test", "y@held.test"], message(bella.address, "x@held.test"))
+    finally:
+        client.quit()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(i.attempts for i in queue_of(pair.a)):
+    while time.monotonic() < deadline and not any(i.attempts for i in queue_of(pair.b)):
         time.sleep(0.1)
-    [item] = [i for i in queue_of(pair.a) if "x@held.test" in i.recipients]
-    listing = pair.a.daemon.cli("queue", "list").stdout
+    [item] = [i for i in queue_of(pair.b) if "x@held.test" in i.recipients]
+    listing = pair.b.daemon.cli("queue", "list").stdout
     assert f"{item.id} " in listing and "x@held.test" in listing
-    shown = pair.a.daemon.cli("queue", "show", str(item.id)).stdout
+    shown = pair.b.daemon.cli("queue", "show", str(item.id)).stdout
     assert "x@held.test  pending" in shown and "y@held.test  pending" in shown and "connection to" in shown
-    assert "1 item(s) due now" in pair.a.daemon.cli("queue", "retry", str(item.id)).stdout
-    assert "deleted" in pair.a.daemon.cli("queue", "delete", str(item.id)).stdout
-    assert all(i.id != item.id for i in queue_of(pair.a))
-    missing = pair.a.daemon.cli("queue", "show", str(item.id), check=False)
+    assert "1 item(s) due now" in pair.b.daemon.cli("queue", "retry", str(item.id)).stdout
+    assert "deleted" in pair.b.daemon.cli("queue", "delete", str(item.id)).stdout
+    assert all(i.id != item.id for i in queue_of(pair.b))
+    missing = pair.b.daemon.cli("queue", "show", str(item.id), check=False)
     assert missing.returncode != 0 and "no queued message" in missing.stderr

@@ -33,7 +33,7 @@ from server.mailauth.dmarc import from_domains
 from server.mailauth.dns import Resolver
 
 from . import client
-from .client import Outcome
+from .client import ConnectionCache, Outcome
 from .dsn import RecipientReport, build_dsn
 from .routing import RouteError, Router
 
@@ -56,6 +56,7 @@ class OutboundWorker:
         self.router = Router(self.config, resolver)
         self.signer = signer
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.connections = ConnectionCache(self.config.connection_cache_seconds)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._in_flight: set[asyncio.Task] = set()
@@ -87,6 +88,7 @@ class OutboundWorker:
                 await asyncio.wait(pending, timeout=1)
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        await self.connections.close()
         try:
             released = await self.store.release_outbound(self.worker_id)
             if released:
@@ -198,7 +200,8 @@ class OutboundWorker:
                 return
             transaction = await client.deliver(hops, mail_from, addresses, message, helo=self.helo,
                                                connect_timeout=self.config.connect_timeout,
-                                               command_timeout=self.config.command_timeout)
+                                               command_timeout=self.config.command_timeout,
+                                               cache=self.connections)
             outcomes.update(transaction.outcomes)
 
         await asyncio.gather(*(one_group(rcpts) for rcpts in groups.values()))
