@@ -154,6 +154,7 @@ class Maildrop:
         self.deleted: set[int] = set()
         self.released = False
         self._release_task: asyncio.Task | None = None
+        self._refreshing: asyncio.Future | None = None
         self._mailbox_id: int | None = None
         self._ahead: dict[int, bytes] = {}
         self._ahead_bytes = 0
@@ -234,8 +235,15 @@ class Maildrop:
         return await self.app.store.pop3_apply_deletes(self.account.id, uids, self.policy)
 
     async def refresh_lock(self) -> bool:
-        return await self.app.store.acquire_maildrop(self.account.id, self.holder,
-                                                     self.app.settings.pop3.maildrop_lock_seconds)
+        """Renew the lock's expiry; False if it was lost (expired and taken by another session)."""
+        if self.released:
+            return True
+        self._refreshing = asyncio.ensure_future(self.app.store.acquire_maildrop(
+            self.account.id, self.holder, self.app.settings.pop3.maildrop_lock_seconds))
+        try:
+            return await _wait(self._refreshing)
+        finally:
+            self._refreshing = None
 
     def release(self) -> defer.Deferred:
         """Release the maildrop lock (once, in the background); the Deferred fires when it is gone.
@@ -253,6 +261,10 @@ class Maildrop:
         return as_deferred(_wait(self._release_task))
 
     async def _release_now(self) -> None:
+        refreshing = self._refreshing
+        if refreshing is not None:
+            # A renewal committing after the release would hold the lock until it expires.
+            await asyncio.wait([refreshing])
         try:
             await self.app.store.release_maildrop(self.account.id, self.holder)
         except Exception as exc:  # noqa: BLE001 - the lock expires by itself
@@ -293,8 +305,9 @@ class Maildrop:
         return as_deferred(self.apply_deletes())
 
 
-async def _wait(task: asyncio.Task) -> None:
-    await asyncio.shield(task)
+async def _wait(task: asyncio.Future):  # noqa: ANN202
+    """Await a shared task without letting one waiter's cancellation cancel it."""
+    return await asyncio.shield(task)
 
 
 # ---------------------------------------------------------------- wire form

@@ -21,7 +21,6 @@ from twisted.mail import pop3
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 
-from config import TlsMode
 from storage.errors import NotFound
 
 from ..auth import decode_sasl_plain
