@@ -110,6 +110,12 @@ class SinkHandler:
     data_rules: list[str] = field(default_factory=list)
     mail_rules: list[str] = field(default_factory=list)
     transactions: int = 0
+    ehlos: int = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        self.ehlos += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
         if self.mail_rules:

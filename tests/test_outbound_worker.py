@@ -288,3 +288,19 @@ async def test_running_worker_delivers_and_closes_cleanly(store, dns, sink, send
             break
         await asyncio.sleep(0.05)
     assert await store.list_outbound() == ()
+
+
+async def test_connection_reused_for_the_next_message_then_closed(store, dns, sink, sender, tmp_path):
+    worker = make_worker(store, dns, tmp_path, sink.port, connection_cache_seconds=30)
+    await queue(store, "bob@beta.test")
+    await worker.run_once()
+    await queue(store, "carol@beta.test")
+    await worker.run_once()
+    assert [r.rcpt_tos for r in sink.received] == [["bob@beta.test"], ["carol@beta.test"]]
+    assert sink.handler.ehlos == 1 and worker.connections.reused == 1
+    await worker.close(2)  # QUITs the idle connection
+    uncached = make_worker(store, dns, tmp_path, sink.port, connection_cache_seconds=0)
+    for rcpt in ("dave@beta.test", "erin@beta.test"):
+        await queue(store, rcpt)
+        await uncached.run_once()
+    assert sink.handler.ehlos == 3 and uncached.connections.reused == 0
