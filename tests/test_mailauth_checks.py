@@ -183,3 +183,21 @@ async def test_check_incoming_verdicts(dns, resolver, keys):
     again = await check_incoming(message("a@alpha.test", "b@beta.test"), "203.0.113.5", "evil", "a@alpha.test",
                                  quarantine, resolver)
     assert again.action == "quarantine"
+
+
+async def test_silent_resolver_gives_temperror_within_bound():
+    import socket
+    import time
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        settings = load_settings(overrides={"server": {"hostname": "mx.beta.test"}, "dns": {"timeout": 0.3}})
+        resolver = Resolver(["127.0.0.1"], silent.getsockname()[1], 0.3)
+        started = time.monotonic()
+        verdict = await check_incoming(message("a@alpha.test", "b@beta.test"), "127.0.0.1", "h", "a@alpha.test",
+                                       settings, resolver)
+        assert time.monotonic() - started < 5
+        assert verdict.action == "accept" and b"temperror" in verdict.header_line
+    finally:
+        silent.close()

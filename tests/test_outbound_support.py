@@ -48,7 +48,7 @@ class _Resolver(BaseResolver):
                     rdata = MX(host, preference)
                 else:
                     rdata = TXT([value[i:i + 255].encode() for i in range(0, len(value), 255)] or [b""])
-                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
+                reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=0))  # TTL 0: tests change records mid-way
         return reply
 
 

@@ -15,6 +15,7 @@ Not implemented: ARC, iprev, BIMI, DMARC reports (rua/ruf).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,24 @@ def authserv_id(settings: Any) -> str:
 
 async def check_incoming(raw: bytes, peer_ip: str, helo: str, mail_from: str, settings: Any,
                          resolver: Resolver) -> IncomingVerdict:
-    """SPF, DKIM and DMARC for one received message (MX side)."""
+    """SPF, DKIM and DMARC for one received message (MX side).
+
+    Bounded by three DNS timeouts in all: past that the message is accepted with
+    every method recorded as temperror (a slow resolver must not hold DATA open).
+    """
+    try:
+        return await asyncio.wait_for(_check(raw, peer_ip, helo, mail_from, settings, resolver),
+                                      settings.dns.timeout * 3)
+    except asyncio.TimeoutError:
+        server_id = authserv_id(settings)
+        log.warning("mail checks timed out for <%s> from %s; recorded as temperror", mail_from, peer_ip)
+        line = build(server_id, [(method, "temperror", "timed out", []) for method in ("spf", "dkim", "dmarc")])
+        stripped, _ = strip_forged(raw, server_id)
+        return IncomingVerdict(line, "accept", "checks timed out", line + stripped)
+
+
+async def _check(raw: bytes, peer_ip: str, helo: str, mail_from: str, settings: Any,
+                 resolver: Resolver) -> IncomingVerdict:
     server_id = authserv_id(settings)
     spf = await check_spf(resolver, peer_ip, mail_from, helo or "")
     dkims = await verify_dkim(resolver, raw)

@@ -3,8 +3,8 @@
 Nameserver address, port and timeout are settings (`[dns]`), so tests answer
 from a DNS server on loopback. Results say "no such name" / "no records" /
 "temporary failure" apart, because SPF (RFC 7208 §2.6), DMARC and MX routing
-(RFC 5321 §5.1) each treat those differently. No cache here: the system's
-stub resolver or the configured recursive resolver caches.
+(RFC 5321 §5.1) each treat those differently. Positive answers are cached
+in-process for their TTL (dnspython's Cache).
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ class Resolver:
                 self._resolver.nameservers = ["127.0.0.1"]
             if port != 53:
                 self._resolver.port = port
+        # Answers are cached for their TTL (the MX checks look up the same sender domains over and over).
+        self._resolver.cache = dns.resolver.Cache()
         self._resolver.lifetime = timeout
         self._resolver.timeout = timeout
         self.lookups = 0
