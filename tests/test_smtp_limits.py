@@ -168,6 +168,27 @@ def test_auth_throttle_then_lockout(limited):
         assert code == 421
 
 
+@pytest.mark.parametrize("pieces", [
+    [b"c" * 250 + b"\r\n"],  # the very first line
+    [b"Subject: x\r\n\r\n" + b"a" * 150, b"a" * 100 + b"\r\n"],  # a line arriving in two packets
+    [b"Subject: x\r\n\r\nok\r\n" + b"d" * 199, b"d\r", b"\n"],  # one octet over, the CRLF split
+], ids=["first-line", "split-line", "split-crlf"])
+def test_line_length_across_packets(limited, pieces):
+    user = limited.new_user()
+    raw = Raw(limited)
+    raw.cmd(b"EHLO mta.test")
+    raw.cmd(b"MAIL FROM:<a@remote.test>")
+    raw.cmd(b"RCPT TO:<" + user.address.encode() + b">")
+    assert raw.cmd(b"DATA").startswith(b"354")
+    for piece in pieces:
+        raw.send(piece)
+        time.sleep(0.1)
+    assert raw.cmd(b".").startswith(b"500 5.5.2")
+    assert raw.cmd(b"NOOP").startswith(b"250")
+    raw.close()
+    assert mailbox(limited, user) == []
+
+
 def test_graceful_shutdown_finishes_transactions(limited):
     """Last in this module: it stops the module's daemon (shutdown_timeout is 3 s there)."""
     srv = limited
@@ -192,3 +213,4 @@ def test_graceful_shutdown_finishes_transactions(limited):
     assert len(stored) == 1 and stored[0].endswith(b"first half\r\nsecond half\r\n")
     idle.close()
     busy.close()
+

@@ -118,8 +118,9 @@ class SmtpConnection(SMTP):
         self._refused = False
         self._accounted = False
         self._pending: list[bytes] = []
-        # A run of line_length_limit octets without LF is a line over the limit (CRLF included).
-        self._long_line = re.compile(rb"[^\n]{%d,}" % self.line_length_limit)
+        # A line over the limit (CRLF included) is an LF followed by line_length_limit octets without
+        # one; anchoring on the LF keeps the scan linear (the unanchored form is quadratic-ish).
+        self._long_line = re.compile(rb"\n[^\n]{%d,}" % self.line_length_limit)
 
     # ------------------------------------------------------------ connection life
 
@@ -338,7 +339,7 @@ class SmtpConnection(SMTP):
                 size = end if end >= 0 else len(data) - 2 - 3
                 if limit and size > limit:
                     error = replies.SIZE_EXCEEDED  # RFC 1870 §6.3
-                elif self._long_line.search(data, max(old - width, 0), end + 2 if end >= 0 else len(data)):
+                elif self._long_line.search(data, max(old - width - 1, 0), end + 2 if end >= 0 else len(data)):
                     error = replies.LINE_TOO_LONG  # RFC 5321 §4.5.3.1.6
             if end >= 0:
                 break
