@@ -118,7 +118,7 @@ def queue_of(server):
 
 def auth_results(raw: bytes) -> str:
     head = raw.split(b"\r\n\r\n", 1)[0].decode()
-    found = re.findall(r"(?im)^Authentication-Results:(.*(?:\r\n[ \t].*)*)", head)
+    found = re.findall(r"(?im)^Authentication-Results:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", head)
     return " ".join(" ".join(f.split()) for f in found)
 
 
