@@ -1219,6 +1219,31 @@ class MailStore:
 
         return await self._write(op)
 
+    # ---- POP3 sessions (server/pop3): the login in one transaction
+
+    async def pop3_open(self, account_id: int, holder: str, ttl_seconds: float) -> Pop3Listing | None:
+        """Take the maildrop lock (RFC 1939 §8) and list INBOX as POP3 sees it, in one transaction:
+        one store round trip per login. None if another live session holds the lock."""
+        now = datetime.now(timezone.utc)
+
+        def op(s: Session):
+            s.execute(delete(MaildropLockRow).where(
+                MaildropLockRow.account_id == account_id,
+                or_(MaildropLockRow.expires_at < now, MaildropLockRow.holder == holder)))
+            try:
+                with s.begin_nested():
+                    s.execute(insert(MaildropLockRow).values(
+                        account_id=account_id, holder=holder, expires_at=now + timedelta(seconds=ttl_seconds)))
+            except IntegrityError:
+                return None, []
+            row = self._mailbox_row(s, account_id, "INBOX")  # NoSuchMailbox rolls the lock back too
+            rows = (s.execute(select(*_META_COLUMNS).where(
+                MailboxMessageRow.mailbox_id == row.id,
+                MailboxMessageRow.flags.op("&")(int(Flag.POP3_HIDDEN)) == 0).order_by(MailboxMessageRow.uid))).all()
+            return Pop3Listing(row.uidvalidity, tuple(_meta(r) for r in rows)), []
+
+        return await self._write(op)
+
     # ---------------------------------------------------------------- outbound queue
 
     def _insert_outbound(self, s: Session, content_id: int, mail_from: str,

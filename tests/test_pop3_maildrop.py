@@ -2,6 +2,7 @@
 and what IMAP (and the store's change log) sees of a POP3 QUIT."""
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import os
 import poplib
@@ -343,3 +344,24 @@ def test_message_expunged_during_session_reports_vanished(server, user):
     client.dele(1)
     assert client.quit().startswith(b"+OK")  # deleting an already expunged entry is harmless
     assert server.admin.run(server.admin.store.mailbox_status(user.id, "INBOX")).messages == 1
+
+
+# ---------------------------------------------------------------- the store call behind a login
+
+
+async def test_pop3_open_takes_the_lock_and_lists_inbox(store):
+    await store.add_domain("example.test")
+    account = await store.add_account("pop@example.test", "correct-horse-battery")
+    first = (await store.deliver(message(1), [account.id])).deliveries[0].uid
+    hidden = (await store.deliver(message(2), [account.id])).deliveries[0].uid
+    await store.pop3_apply_deletes(account.id, [hidden], Pop3DeletePolicy.KEEP)
+    listing = await store.pop3_open(account.id, "session-a", 60)
+    assert listing is not None and [m.uid for m in listing.messages] == [first]  # `keep` hides from POP3
+    inbox_info = await store.get_mailbox(account.id, "INBOX")
+    assert listing.uidvalidity == inbox_info.uidvalidity
+    assert await store.pop3_open(account.id, "session-b", 60) is None  # held by a live session
+    assert await store.pop3_open(account.id, "session-a", 60) is not None  # the holder renews
+    await store.release_maildrop(account.id, "session-a")
+    assert await store.pop3_open(account.id, "session-b", 0.01) is not None
+    await asyncio.sleep(0.05)  # session-b's lock has expired: a crashed process does not lock out for good
+    assert await store.pop3_open(account.id, "session-c", 60) is not None

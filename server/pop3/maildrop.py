@@ -98,30 +98,25 @@ class Realm:
             raise NotImplementedError("POP3 avatars provide IMailbox only")
         return as_deferred(self._open(account, mind.holder))
 
-    async def _acquire(self, account_id: int, holder: str) -> bool:
-        """RFC 1939 §8 exclusive access. A lock whose release is still on its way (a session
-        that just said QUIT, here or on another node) is waited for, briefly."""
-        ttl = self.app.settings.pop3.maildrop_lock_seconds
+    async def _open(self, account: Account, holder: str):
+        """RFC 1939 §8: exclusive access, then INBOX as it stands (one store transaction).
+
+        A lock whose release is still on its way (a session that just said QUIT,
+        here or on another node) is waited for, briefly, before [IN-USE].
+        """
+        settings = self.app.settings.pop3
+        listing = None
         for attempt in range(_ACQUIRE_ATTEMPTS):
-            pending = _RELEASING.get(account_id)
+            pending = _RELEASING.get(account.id)
             if pending is not None:
                 await _wait(pending)
-            if await self.app.store.acquire_maildrop(account_id, holder, ttl):
-                return True
-            if attempt + 1 < _ACQUIRE_ATTEMPTS and account_id not in _RELEASING:
+            listing = await self.app.store.pop3_open(account.id, holder, settings.maildrop_lock_seconds)
+            if listing is not None:
+                break
+            if attempt + 1 < _ACQUIRE_ATTEMPTS and account.id not in _RELEASING:
                 await asyncio.sleep(_ACQUIRE_RETRY_SECONDS)
-        return False
-
-    async def _open(self, account: Account, holder: str):
-        store = self.app.store
-        settings = self.app.settings.pop3
-        if not await self._acquire(account.id, holder):
+        if listing is None:
             raise MaildropInUse()
-        try:
-            listing = await store.pop3_listing(account.id)
-        except BaseException:
-            await store.release_maildrop(account.id, holder)
-            raise
         policy = account.pop3_delete_policy or Pop3DeletePolicy(settings.delete_policy)
         maildrop = Maildrop(self.app, account, holder, listing, policy)
         return IMailbox, maildrop, maildrop.logout
