@@ -43,6 +43,11 @@ def test_compress_deflate_round_trip(server, user):
     assert lines[-1].startswith(b"z3 OK") and any(b"Subject: compressed" in line for line in lines)
     z.send(b"z4 COMPRESS DEFLATE\r\n")
     assert z.until(b"z4")[-1].startswith(b"z4 NO [COMPRESSIONACTIVE]")
+    # A literal inside the compressed stream, pipelined with the next command (as mbsync does).
+    data = message("appended compressed")
+    z.send(b"z6 CHECK\r\nz7 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\nz8 NOOP\r\n")
+    assert z.until(b"z7")[-1].startswith(b"z7 OK [APPENDUID")
+    assert z.until(b"z8")[-1].startswith(b"z8 OK")
     z.send(b"z5 LOGOUT\r\n")
     assert z.until(b"z5")[-1].startswith(b"z5 OK")
     raw.close()

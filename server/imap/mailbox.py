@@ -12,19 +12,22 @@ harmless.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
 
 from storage.changes import FlagsChanged, MailboxDeleted, MessageAdded, MessagesExpunged
-from storage.types import VISIBLE_FLAGS_MASK, MailboxInfo, MailboxSnapshot, flags_to_names
+from storage.types import VISIBLE_FLAGS_MASK, MailboxInfo, MailboxSnapshot, MessageMeta, flags_to_names
 
 from .parser import STAR, ParseError, format_uid_set
 
 
-@dataclass
 class Entry:
-    flags: int
-    keywords: tuple[str, ...]
-    modseq: int
+    """Flags and modseq of one announced message (slots: a 100,000-message view stays small and quick)."""
+
+    __slots__ = ("flags", "keywords", "modseq")
+
+    def __init__(self, flags: int, keywords: tuple[str, ...], modseq: int) -> None:
+        self.flags = flags
+        self.keywords = keywords
+        self.modseq = modseq
 
 
 class MailboxView:
@@ -33,8 +36,10 @@ class MailboxView:
         self.id = snapshot.mailbox.id
         self.readonly = readonly
         self.uids: list[int] = [m.uid for m in snapshot.messages]
-        self.entries: dict[int, Entry] = {m.uid: Entry(m.flags, m.keywords, m.modseq) for m in snapshot.messages}
+        # MessageMeta has .flags/.keywords/.modseq too: it serves as the entry until a change
+        # replaces it with an Entry (entries are never mutated in place).
         self.meta = {m.uid: m for m in snapshot.messages}
+        self.entries: dict[int, Entry | MessageMeta] = dict(self.meta)
         self.recent: set[int] = set(snapshot.recent_uids)
         self.recent_reported = len(self.recent)
         self.keywords: set[str] = set(snapshot.keywords)
@@ -120,11 +125,13 @@ class MailboxView:
                     self.pending_expunged.add(uid)
         elif isinstance(change, FlagsChanged):
             self.highest_modseq = max(self.highest_modseq, change.modseq)
-            entry = self.entries.get(change.uid) or self.pending_added.get(change.uid)
+            uid = change.uid
+            table = self.entries if uid in self.entries else self.pending_added
+            entry = table.get(uid)
             if entry is None or change.modseq <= entry.modseq:
                 return
-            entry.flags, entry.keywords, entry.modseq = change.flags, change.keywords, change.modseq
-            if change.uid in self.entries and self.self_reported.get(change.uid) != change.modseq:
+            table[uid] = Entry(change.flags, change.keywords, change.modseq)
+            if table is self.entries and self.self_reported.get(change.uid) != change.modseq:
                 self.dirty.add(change.uid)
             self._learn_keywords(change.keywords)
         elif isinstance(change, MailboxDeleted):
@@ -142,7 +149,7 @@ class MailboxView:
         if entry is None:
             return
         if modseq >= entry.modseq:
-            entry.flags, entry.keywords, entry.modseq = flags, keywords, modseq
+            self.entries[uid] = Entry(flags, keywords, modseq)
         self.self_reported[uid] = modseq
         self.dirty.discard(uid)
         self.highest_modseq = max(self.highest_modseq, modseq)

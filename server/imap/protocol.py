@@ -23,6 +23,7 @@ import asyncio
 import logging
 import re
 import zlib
+from bisect import bisect_left
 from datetime import timezone
 
 from twisted.internet import interfaces
@@ -311,7 +312,7 @@ class ImapSession(IMAP4Server):
             self._discard -= take
             if self._discard == 0:
                 self._discard_tail = True
-                self.setLineMode(data[take:])
+                self._line_mode_with(data[take:])
             return
         need = self._literal_need - len(self._literal_buf)
         self._literal_buf += data[:need]
@@ -319,7 +320,14 @@ class ImapSession(IMAP4Server):
             assert self._pending is not None
             self._pending.literals.append(bytes(self._literal_buf))
             self._literal_buf = bytearray()
-            self.setLineMode(data[need:])
+            self._line_mode_with(data[need:])
+
+    def _line_mode_with(self, rest: bytes) -> None:
+        # Not setLineMode(rest): that re-enters our dataReceived, which would inflate the
+        # already decompressed bytes a second time under COMPRESS=DEFLATE.
+        self.line_mode = 1
+        if rest:
+            IMAP4Server.dataReceived(self, rest)
 
     def _discard_line(self, line: bytes) -> None:
         match = _LITERAL_AT_END.search(line)
@@ -1080,21 +1088,32 @@ class ImapSession(IMAP4Server):
         return b"FETCH completed"
 
     async def _fetch_from_view(self, uids: list[int], items: list[FetchItem]) -> None:
+        """FETCH of UID/FLAGS/MODSEQ only: answered from the view, no store access (the hot path
+        of every client's resync, `FETCH 1:* (UID FLAGS)`)."""
         view = self.view
+        view_uids, entries, recent = view.uids, view.entries, view.recent
+        names = [item.name for item in items]
+        flag_cache: dict = {}
         out = []
+        index = bisect_left(view_uids, uids[0]) if uids else 0
         for message_uid in uids:
-            seq = view.seq_of(message_uid)
-            entry = view.entries[message_uid]
+            while view_uids[index] != message_uid:
+                index += 1
+            entry = entries[message_uid]
             parts = []
-            for item in items:
-                if item.name == b"UID":
+            for name in names:
+                if name == b"UID":
                     parts.append(b"UID %d" % message_uid)
-                elif item.name == b"FLAGS":
-                    parts.append(b"FLAGS " + flags_list(view.flag_names(message_uid)))
-                elif item.name == b"MODSEQ":
+                elif name == b"FLAGS":
+                    key = (entry.flags, entry.keywords, message_uid in recent)
+                    rendered = flag_cache.get(key)
+                    if rendered is None:
+                        rendered = flag_cache[key] = b"FLAGS " + flags_list(view.flag_names(message_uid))
+                    parts.append(rendered)
+                elif name == b"MODSEQ":
                     parts.append(b"MODSEQ (%d)" % entry.modseq)
-            out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
-            if len(out) >= 2000:
+            out.append(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))
+            if len(out) >= 5000:
                 self.write(b"".join(out))
                 out = []
         if out:
