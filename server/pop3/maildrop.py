@@ -330,13 +330,16 @@ def to_wire(raw: bytes, body_lines: int | None = None) -> bytes:
 
     Stored CRLF messages come out byte for byte; bare LF becomes CRLF (RFC 1939 §3).
     """
-    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    data = raw
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if body_lines is not None:
         data = data[:top_end(data, body_lines)]
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     # RFC 1939 §3: a line starting with the termination octet gets one more.
-    data = data.replace(b"\r\n.", b"\r\n..")
+    if b"\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         data = b"." + data
     return data + b".\r\n"

@@ -485,7 +485,7 @@ class Pop3Session(pop3.POP3):
             except NotFound:
                 self.sendLine(ERR_VANISHED % (index + 1))
                 return
-        if len(raw) > _LARGE:
+        if len(raw) > _LARGE:  # scanning megabytes for bare LF and leading dots: off the loop
             wire = await asyncio.to_thread(to_wire, raw, body_lines)
         else:
             wire = to_wire(raw, body_lines)
