@@ -273,6 +273,8 @@ def dev_profile(base_dir: str = "var") -> dict[str, Any]:
             "imaps": listener(1993, "implicit"),
         },
         "smtp": {"catch_all_account": "demo@localhost"},
+        # issue 6: caught dev mail is not judged (no SPF/DKIM/DMARC lookups, no Authentication-Results).
+        "mailauth": {"enabled": False},
     }
 
 
