@@ -7,7 +7,9 @@ go to the durable outbound queue in the same transaction as local delivery).
 RFCs: 5321 (Received/Return-Path §4.4, relay policy §3.6), 4954 + 4616 (AUTH
 PLAIN/LOGIN), 3848 (Received protocol types), 6531 §3.7.4 (UTF8SMTP types).
 Over-quota recipients of an accepted message get an RFC 3464 notice to the
-sender (dsn.py). Not implemented: the `postmaster` special case of RFC 5321 §4.5.1
+sender (dsn.py). On the MX, mail from outside goes through SPF/DKIM/DMARC
+(server/mailauth `check_incoming`, when mailauth.enabled): an
+Authentication-Results field on top, DMARC reject -> 550 5.7.1, quarantine -> Junk. Not implemented: the `postmaster` special case of RFC 5321 §4.5.1
 (needs an alias), SPF/DKIM/DMARC checks, VRFY/EXPN (always 252/502).
 """
 from __future__ import annotations
@@ -250,14 +252,24 @@ class SmtpHandler:
         ident = secrets.token_hex(6).upper()
         local_ids = list(envelope.local_ids)
         content = envelope.original_content or b""
+        mailbox = "INBOX"
+        verdict = await self._check_incoming(conn, session, envelope, content)
+        if verdict is not None:
+            if verdict.action == "reject":  # RFC 7489 §6.7
+                conn.rejected += 1
+                log.info("smtp delivery refused id=%s from=%s: %s", ident, envelope.mail_from, verdict.reason)
+                return verdict.reply
+            content = verdict.message  # forged Authentication-Results removed, ours on top
+            if verdict.action == "quarantine":
+                mailbox = "Junk"
         trace = self._received(conn, session, envelope, ident)
         if local_ids:  # RFC 5321 §4.4: the delivering server adds Return-Path
             trace = b"Return-Path: <" + _header_text(envelope.mail_from.strip("<>")) + b">\r\n" + trace
         raw = trace + content
         conn.busy += 1
         try:
-            report = await self.store.deliver(raw, local_ids, outbound_from=envelope.mail_from if envelope.remote
-                                              else None, outbound_to=envelope.remote)
+            report = await self.store.deliver(raw, local_ids, mailbox=mailbox, outbound_to=envelope.remote,
+                                              outbound_from=envelope.mail_from if envelope.remote else None)
         except Exception:
             conn.rejected += 1
             log.exception("smtp delivery failed id=%s from=%s rcpts=%d size=%d", ident, envelope.mail_from,
@@ -300,6 +312,26 @@ class SmtpHandler:
                 await self.store.deliver(dsn, [], outbound_from="", outbound_to=[sender])
         except Exception:  # the message itself is committed: a lost notice is logged, not fatal
             log.exception("smtp delivery id=%s: could not store the over-quota notice for %s", ident, sender)
+
+    async def _check_incoming(self, conn: "SmtpConnection", session: "CasellaSession",
+                              envelope: "CasellaEnvelope", content: bytes) -> Any:
+        """SPF, DKIM and DMARC (server/mailauth) for mail arriving on the MX from outside; None if off."""
+        resolver = getattr(self.app, "resolver", None)
+        mailauth = getattr(self.app.settings, "mailauth", None)
+        if self.role != "mx" or session.account is not None or resolver is None or not (mailauth and mailauth.enabled):
+            return None
+        from server.mailauth import check_incoming
+
+        conn.busy += 1
+        try:
+            return await check_incoming(content, conn.peer_ip, session.host_name or "", envelope.mail_from or "",
+                                        self.app.settings, resolver)
+        except Exception:  # the checks are advisory: a bug there must not lose mail
+            log.exception("smtp mail checks failed for <%s> from %s; delivering unchecked", envelope.mail_from,
+                          conn.peer_ip)
+            return None
+        finally:
+            conn.busy -= 1
 
     def _received(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                   ident: str) -> bytes:
