@@ -6,11 +6,14 @@ TLS, RFC 6409: AUTH before MAIL, MAIL FROM must be owned, remote recipients
 go to the durable outbound queue in the same transaction as local delivery).
 RFCs: 5321 (Received/Return-Path §4.4, relay policy §3.6), 4954 + 4616 (AUTH
 PLAIN/LOGIN), 3848 (Received protocol types), 6531 §3.7.4 (UTF8SMTP types).
+
 Over-quota recipients of an accepted message get an RFC 3464 notice to the
-sender (dsn.py). On the MX, mail from outside goes through SPF/DKIM/DMARC
-(server/mailauth `check_incoming`, when mailauth.enabled): an
-Authentication-Results field on top, DMARC reject -> 550 5.7.1, quarantine -> Junk. Not implemented: the `postmaster` special case of RFC 5321 §4.5.1
-(needs an alias), SPF/DKIM/DMARC checks, VRFY/EXPN (always 252/502).
+sender (server/outbound/dsn.py, shared with the delivery worker). On the MX,
+mail from outside goes through SPF/DKIM/DMARC (server/mailauth
+`check_incoming`, when mailauth.enabled): an Authentication-Results field on
+top, DMARC reject -> 550 5.7.1, quarantine -> Junk.
+Not implemented: the `postmaster` special case of RFC 5321 §4.5.1 (needs an
+alias), VRFY/EXPN (always 252/502).
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ from server.auth import AuthResult as Verdict
 from storage import InvalidName
 from storage.api import normalize_address
 
+from ..outbound.dsn import RecipientReport, build_dsn
 from . import replies
-from .dsn import build_dsn
 
 if TYPE_CHECKING:
     from ..daemon import App
@@ -303,7 +306,9 @@ class SmtpHandler:
         sender = envelope.mail_from or "<>"
         if not failed or sender == "<>":  # a bounce never bounces
             return
-        dsn = build_dsn(self.app.hostname, ident, sender, failed, content)
+        dsn = build_dsn(hostname=self.app.hostname, sender=sender, original=content,
+                        reports=[RecipientReport(rcpt, "failed", "5.2.2", replies.MAILBOX_FULL_FINAL)
+                                 for rcpt in failed], arrival=datetime.now(timezone.utc))
         try:
             resolution = await self.store.resolve_recipient(sender)
             if resolution is not None and resolution.local:

@@ -48,6 +48,7 @@ NO_SUCH_USER = "550 5.1.1 No such user here"
 RELAY_DENIED = "554 5.7.1 Relay access denied"
 SENDER_NOT_OWNED = "553 5.7.1 Sender address not owned by the authenticated user"
 BAD_ADDRESS = "553 5.1.3 Malformed address"
+MAILBOX_FULL_FINAL = "552 5.2.2 Mailbox full"  # in over-quota notices, after the message was accepted
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"  # RFC 1870 §6.1
 
 # aiosmtpd's own texts -> ours (aiosmtpd 1.4).
