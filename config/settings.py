@@ -115,6 +115,8 @@ class Pop3Settings(Strict):
     maildrop_lock_seconds: float = Field(default=120.0, ge=3)
     # Longest command line accepted (RFC 2449 §4 allows 255 octets; AUTH responses need more).
     max_line_length: int = Field(default=4096, ge=256)
+    # Unknown or malformed commands a session may send before it is closed.
+    max_bad_commands: int = Field(default=20, ge=1)
 
 
 class ImapSettings(Strict):

@@ -15,6 +15,7 @@ LIMITS = {
     "CASELLA_POP3__MAX_CONNECTIONS_PER_IP": "3",
     "CASELLA_POP3__IDLE_TIMEOUT": "1.5",
     "CASELLA_POP3__MAX_LINE_LENGTH": "512",
+    "CASELLA_POP3__MAX_BAD_COMMANDS": "3",
     "CASELLA_POP3__DELETE_POLICY": "archive",
     "CASELLA_AUTH__ALLOW_PLAINTEXT_ON_LOOPBACK": "false",
 }
@@ -69,6 +70,21 @@ def test_limits(start_server, backend):
     assert reader.readline().startswith(b"-ERR Syntax error")
     sock.sendall(b"NOOP " + b"x" * 600 + b"\r\n")
     assert reader.readline() == b"-ERR Line too long, closing connection\r\n"
+    assert reader.read() == b""
+    sock.close()
+
+    # Bad commands: the third unknown or malformed one closes the session.
+    sock, reader = raw_connect(server)
+    assert reader.readline().startswith(b"+OK")
+    sock.sendall(b"XYZZY\r\nCAPA\r\nCAPA x\r\nFOO\r\nNOOP\r\n")
+    assert reader.readline() == b"-ERR Unknown command: XYZZY\r\n"
+    assert reader.readline().startswith(b"+OK")
+    reader.readline()  # CAPA list
+    while reader.readline() != b".\r\n":
+        pass
+    assert reader.readline().startswith(b"-ERR Syntax error")
+    assert reader.readline() == b"-ERR Unknown command: FOO\r\n"
+    assert reader.readline() == b"-ERR Too many bad commands, closing connection\r\n"
     assert reader.read() == b""
     sock.close()
 

@@ -68,6 +68,7 @@ ERR_BAD_LINES = b"-ERR Invalid line count: %s"
 ERR_NO_SUCH = b"-ERR No such message, only %d messages in maildrop"
 ERR_DELETED = b"-ERR Message %d already deleted"
 ERR_VANISHED = b"-ERR Message %d is no longer available (removed by another session)"
+ERR_TOO_MANY_BAD = b"-ERR Too many bad commands, closing connection"
 ERR_TOO_LONG = b"-ERR Line too long, closing connection"
 ERR_TOO_MANY = b"-ERR [SYS/TEMP] Too many connections from your address, try again later"
 ERR_TIMEOUT = b"-ERR Idle timeout, closing connection"
@@ -133,6 +134,7 @@ class Pop3Session(pop3.POP3):
         self._lock_lost = False
         self._abort_call = None
         self._transferring = False
+        self._bad_commands = 0
         self._started = time.monotonic()
         self._end = "drop"
         self._stats = {"retr": 0, "top": 0, "dele": 0, "applied": 0, "octets": 0}
@@ -235,7 +237,7 @@ class Pop3Session(pop3.POP3):
         name = command.upper()
         spec = COMMANDS.get(name)
         if spec is None:
-            self.sendLine(ERR_UNKNOWN % _printable(name))
+            self._bad_command(ERR_UNKNOWN % _printable(name))
             return
         handler, least, most, state, usage = spec
         if state == TRANSACTION and self.mbox is None:
@@ -250,13 +252,22 @@ class Pop3Session(pop3.POP3):
         else:
             args = rest.split()
         if not least <= len(args) <= most:
-            self.sendLine(ERR_SYNTAX % usage)
+            self._bad_command(ERR_SYNTAX % usage)
             return
         try:
             getattr(self, handler)(*args)
         except Exception:
             log.exception("pop3 %s failed for %s", name.decode("ascii", "replace"), self.peer_host)
             self.sendLine(ERR_INTERNAL)
+
+    def _bad_command(self, reply: bytes) -> None:
+        self._bad_commands += 1
+        if self._bad_commands >= self.settings.max_bad_commands:
+            # Not a mail client (or a broken one): stop feeding it, as Dovecot does.
+            self._end = "bad-commands"
+            self._close_with(reply + b"\r\n" + ERR_TOO_MANY_BAD)
+            return
+        self.sendLine(reply)
 
     def _run(self, coro) -> None:  # noqa: ANN001
         """Run an async command: later commands queue in `blocked`, the idle timer pauses."""
