@@ -1365,6 +1365,16 @@ class MailStore:
         self._collect_garbage(s, [content_id])
         return True
 
+    async def renew_outbound_lease(self, queue_id: int, worker: str, lease_seconds: float) -> bool:
+        """Extend `worker`'s lease on an item it is still delivering; False if the lease is not ours."""
+        until = datetime.now(timezone.utc) + timedelta(seconds=lease_seconds)
+
+        def op(s: Session):
+            result = s.execute(update(OutboundRow).where(OutboundRow.id == queue_id, OutboundRow.locked_by == worker)
+                               .values(locked_until=until))
+            return result.rowcount == 1, []
+        return await self._write(op)
+
     async def release_outbound(self, worker: str) -> int:
         """Give back every lease `worker` holds (clean shutdown: a restart picks them up at once)."""
         def op(s: Session):

@@ -13,8 +13,9 @@ clean shutdown gives its leases back, a crash's leases expire).
 Delivery is at-least-once: a crash between the remote 250 and recording it
 sends the message again (RFC 5321 §6.1 prefers a duplicate to a loss); a DSN
 is delivered before its failure is recorded, for the same reason.
-Not implemented: lease renewal for a single delivery longer than
-`lease_seconds`, per-destination connection caching, rate limits per domain.
+Leases are renewed every third of `lease_seconds` while an item is being
+delivered, so a slow remote host never lets another worker claim it.
+Not implemented: rate limits per destination, a per-destination concurrency cap.
 """
 from __future__ import annotations
 
@@ -173,6 +174,24 @@ class OutboundWorker:
         return (mail_from.strip("<>").rpartition("@")[2] or self.hostname).lower()
 
     async def process(self, claim: Any) -> None:
+        # A slow remote (RFC 5321 §4.5.3.2 allows minutes per command) must not outlive our lease.
+        renewal = asyncio.get_running_loop().create_task(self._renew(claim.id))
+        try:
+            await self._process(claim)
+        finally:
+            renewal.cancel()
+
+    async def _renew(self, queue_id: int) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_seconds / 3)
+            try:
+                if not await self.store.renew_outbound_lease(queue_id, self.worker_id, self.config.lease_seconds):
+                    log.warning("outbound: lost the lease on item %d", queue_id)
+                    return
+            except Exception:  # noqa: BLE001 - the next renewal may work
+                log.exception("outbound: could not renew the lease on item %d", queue_id)
+
+    async def _process(self, claim: Any) -> None:
         started = time.monotonic()
         now = datetime.now(timezone.utc)
         pending = claim.pending
