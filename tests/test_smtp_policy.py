@@ -255,3 +255,18 @@ def test_new_account_reachable_at_once(strict):
         strict.admin.run(strict.admin.store.add_account(address, "a-long-password"))
         assert client.rcpt(address)[0] == 250
         assert client.data(message("a@remote.test", address, "late"))[0] == 250
+
+
+def test_bare_postmaster(strict, account):
+    """RFC 5321 §4.5.1: <Postmaster> without a domain is accepted (here: postmaster@server.hostname)."""
+    store = strict.admin.store
+    if not strict.admin.run(store.is_local_domain("localhost")):
+        strict.admin.run(store.add_domain("localhost"))
+    strict.admin.run(store.add_alias("postmaster@localhost", account.address))
+    with mx(strict) as client:
+        client.ehlo("mta.test")
+        client.mail("a@remote.test")
+        assert client.rcpt("<Postmaster>")[0] == 250
+        assert client.data(message("a@remote.test", "postmaster", "to postmaster"))[0] == 250
+    [stored] = mailbox(strict, account)
+    assert b"for <postmaster@localhost>;" in stored

@@ -12,8 +12,8 @@ sender (server/outbound/dsn.py, shared with the delivery worker). On the MX,
 mail from outside goes through SPF/DKIM/DMARC (server/mailauth
 `check_incoming`, when mailauth.enabled): an Authentication-Results field on
 top, DMARC reject -> 550 5.7.1, quarantine -> Junk.
-Not implemented: the `postmaster` special case of RFC 5321 §4.5.1 (needs an
-alias), VRFY/EXPN (always 252/502).
+`RCPT TO:<Postmaster>` means postmaster@server.hostname (RFC 5321 §4.5.1),
+which needs an account or alias there. Not implemented: VRFY/EXPN (always 252/502).
 """
 from __future__ import annotations
 
@@ -192,6 +192,8 @@ class SmtpHandler:
 
     async def handle_RCPT(self, conn: "SmtpConnection", session: "CasellaSession", envelope: "CasellaEnvelope",
                           address: str, options: list[str]) -> str:
+        if address.lower() == "postmaster":  # RFC 5321 §4.5.1: accepted without a domain
+            address = f"postmaster@{self.app.hostname}"
         if "@" not in address or _malformed(address):
             conn.rejected += 1
             return replies.BAD_ADDRESS
