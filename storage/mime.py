@@ -103,15 +103,93 @@ def _param(params: list[list[str]], name: str) -> str | None:
     return None
 
 
+def _top_level_split(text: str) -> list[tuple[str, str]]:
+    """Split an address-list into ("addr", text), ("group", phrase) and ("end", "") pieces.
+
+    RFC 5322 §3.4 groups (`name: a@b, c@d;`) are kept as IMAP wants them (RFC 3501
+    §7.4.2: a group start is (NIL NIL name NIL), its end (NIL NIL NIL NIL)); commas,
+    colons and semicolons inside quotes, comments or angle brackets do not count.
+    """
+    pieces: list[tuple[str, str]] = []
+    current: list[str] = []
+    quoted = escaped = False
+    comment = angle = 0
+    in_group = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and (quoted or comment):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == '"' and not comment:
+            quoted = True
+        elif char == "(":
+            comment += 1
+        elif char == ")" and comment:
+            comment -= 1
+        elif comment:
+            pass
+        elif char == "<":
+            angle += 1
+        elif char == ">" and angle:
+            angle -= 1
+        elif angle:
+            pass
+        elif char == "," :
+            pieces.append(("addr", "".join(current)))
+            current = []
+            continue
+        elif char == ":" and not in_group:
+            pieces.append(("group", "".join(current).strip()))
+            current = []
+            in_group = True
+            continue
+        elif char == ";" and in_group:
+            pieces.append(("addr", "".join(current)))
+            pieces.append(("end", ""))
+            current = []
+            in_group = False
+            continue
+        current.append(char)
+    pieces.append(("addr", "".join(current)))
+    if in_group:
+        pieces.append(("end", ""))
+    return pieces
+
+
+_ROUTE = re.compile(r"<\s*((?:@[^:<>,]+,?)+):")
+
+
+def _one_address(text: str) -> list[str | None] | None:
+    route = None
+    match = _ROUTE.search(text)
+    if match:
+        route = match.group(1).rstrip(",")
+        text = text[:match.start()] + "<" + text[match.end():]
+    parsed = getaddresses([text])
+    if not parsed:
+        return None
+    name, address = parsed[0]
+    if not address:
+        return None  # a bare comment or phrase is not an address
+    mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+    return [name.strip() or None, route, mailbox or None, host or None]
+
+
 def _addresses(value: str | None) -> list[list[str | None]] | None:
     if not value:
         return None
-    result = []
-    for name, address in getaddresses([value]):
-        if not address and not name:
-            continue
-        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-        result.append([name or None, None, mailbox or None, host or None])
+    result: list[list[str | None]] = []
+    for kind, text in _top_level_split(value):
+        if kind == "group":
+            result.append([None, None, text, None])
+        elif kind == "end":
+            result.append([None, None, None, None])
+        elif text.strip():
+            address = _one_address(text)
+            if address is not None:
+                result.append(address)
     return result or None
 
 
@@ -220,5 +298,6 @@ def parse_message(raw: bytes) -> tuple[int, dict]:
             sent = parsedate_to_datetime(date).timestamp()
         except (TypeError, ValueError, IndexError, OverflowError):
             sent = None
-    cache = {"v": 1, "env": envelope(fields), "body": root, "sent": sent}
+    # v2: ENVELOPE addresses keep RFC 5322 groups and source routes (readers of v1 still work).
+    cache = {"v": 2, "env": envelope(fields), "body": root, "sent": sent}
     return root["bs"], cache

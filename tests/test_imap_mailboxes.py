@@ -96,7 +96,8 @@ def test_subscribe_and_lsub(server, user):
     raw = Raw(server)
     raw.login(user)
     raw.ok("CREATE Parent/Kid")
-    raw.ok("UNSUBSCRIBE Parent")
+    # CREATE does not subscribe (RFC 3501 §6.3.3).
+    assert b"Parent/Kid" not in _names(raw.ok('LSUB "" "*"'), b"LSUB")
     raw.ok("SUBSCRIBE Parent/Kid")
     lsub = raw.ok('LSUB "" "*"')
     assert b"Parent/Kid" in _names(lsub, b"LSUB") and b"Parent" not in _names(lsub, b"LSUB")
@@ -127,7 +128,7 @@ def test_list_extended_subscribed_children_and_status(server, user):
     raw = Raw(server)
     raw.login(user)
     raw.ok("CREATE Top/Sub")
-    raw.ok("UNSUBSCRIBE Top")
+    raw.ok("SUBSCRIBE Top/Sub")
     lines = raw.ok('LIST (SUBSCRIBED) "" "*" RETURN (CHILDREN)')
     names = _names(lines)
     assert b"Top/Sub" in names and b"Top" not in names

@@ -16,9 +16,9 @@ def _selected(server, user, count=2):
 def test_add_remove_replace_and_keywords(server, user):
     raw = _selected(server, user)
     untagged = raw.ok("STORE 1 +FLAGS (\\Seen $Label1)")
-    assert untagged[0] == b"* 1 FETCH (FLAGS (\\Seen $Label1 \\Recent))"
-    # A new keyword extends FLAGS (RFC 3501 §7.2.6).
-    assert untagged[1] == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1)"
+    # A new keyword extends FLAGS before any FETCH shows it (RFC 3501 §7.2.6).
+    assert untagged[0] == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1)"
+    assert untagged[1] == b"* 1 FETCH (FLAGS (\\Seen $Label1 \\Recent))"
     assert raw.ok("STORE 1 -FLAGS (\\Seen)") == [b"* 1 FETCH (FLAGS ($Label1 \\Recent))"]
     assert raw.ok("STORE 1:2 FLAGS (\\Answered)") == [b"* 1 FETCH (FLAGS (\\Answered \\Recent))",
                                                         b"* 2 FETCH (FLAGS (\\Answered \\Recent))"]

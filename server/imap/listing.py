@@ -48,6 +48,14 @@ def _patterns(token) -> list[bytes]:  # noqa: ANN001
     return result
 
 
+def _decode_pattern(raw: bytes) -> str:
+    # A pattern that is not valid modified UTF-7 simply matches no mailbox name (no error).
+    try:
+        return utf7.decode(raw)
+    except utf7.BadMailboxEncoding:
+        return raw.decode("latin-1")
+
+
 async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
     selection: set[bytes] = set()
     returns: set[bytes] = set()
@@ -91,7 +99,7 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
         # §6.3.8: an empty pattern asks for the delimiter and the root of the reference.
         session.send(b"* " + verb + b' (\\Noselect) "/" ""')
         return
-    regexes = [pattern_regex(utf7.decode(reference + pattern)) for pattern in patterns]
+    regexes = [pattern_regex(_decode_pattern(reference + pattern)) for pattern in patterns]
     mailboxes = await session.store.list_mailboxes(session.account.id)
     names = [mb.name for mb in mailboxes]
     subscribed = {mb.name for mb in mailboxes if mb.subscribed}
@@ -134,8 +142,9 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
             continue
         extra = b""
         if b"SUBSCRIBED" in selection and name not in subscribed:
+            # RFC 5258 §4: CHILDINFO only for matching descendants the patterns do not list themselves.
             if b"RECURSIVEMATCH" in selection and any(
-                    other.startswith(name + DELIMITER) for other in subscribed):
+                    other.startswith(name + DELIMITER) and not matches(other) for other in subscribed):
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
             else:
                 continue

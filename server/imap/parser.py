@@ -116,10 +116,10 @@ class Tokenizer:
             char = text[i]
             if char == 0x5B:  # [ ... ] may hold spaces and parentheses (fetch sections)
                 end = text.find(b"]", i)
-                if end < 0:
-                    raise ParseError("unterminated [")
-                i = end + 1
-                continue
+                if end >= 0:
+                    i = end + 1
+                    continue
+                # A lone "[" is an ordinary ATOM-CHAR (e.g. in a mailbox name).
             if char in _ATOM_SPECIALS:
                 break
             i += 1
@@ -167,8 +167,6 @@ class Args:
         token = self.next(what)
         if isinstance(token, list):
             raise ParseError(f"expected {what}")
-        if isinstance(token, Atom) and (b"[" in token and not token.endswith(b"]")):
-            raise ParseError(f"bad {what}")
         return bytes(token)
 
     def string(self, what: str = "string") -> bytes:

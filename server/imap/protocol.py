@@ -403,6 +403,9 @@ class ImapSession(IMAP4Server):
                 result = await method(self, tag, args, uid=True)
             else:
                 result = await method(self, tag, args)
+            if self._claim_task is not None and result is not None:
+                # Let a \Recent claim in flight finish so EXISTS and RECENT are reported together.
+                await asyncio.shield(self._claim_task)
             if result is not None:
                 self._finish(tag, b"OK " + result, name)
         except ParseError as exc:
@@ -482,6 +485,12 @@ class ImapSession(IMAP4Server):
             if lines:
                 self.write(b"\r\n".join(lines) + b"\r\n")
             self._check_deleted()
+
+    def _announce_keywords(self) -> None:
+        """RFC 3501 §7.2.6: a keyword appears in * FLAGS before any FETCH shows it."""
+        if self.view is not None and self.view.new_keywords:
+            self.view.new_keywords = False
+            self.send(self._flags_line())
 
     def _flags_line(self) -> bytes:
         keywords = sorted(self.view.keywords) if self.view else []
@@ -765,6 +774,9 @@ class ImapSession(IMAP4Server):
         if name == "INBOX":
             raise AlreadyExists("INBOX always exists")
         await self.store.create_mailbox(self.account.id, name, special_use=special_use)
+        # RFC 3501 §6.3.3 CREATE does not subscribe (clients SUBSCRIBE themselves); the store
+        # subscribes new mailboxes for its other callers, so undo that here.
+        await self.store.set_subscribed(self.account.id, name, False)
         return b"CREATE completed"
 
     async def cmd_delete(self, tag: bytes, args: Args) -> bytes:
@@ -1059,6 +1071,7 @@ class ImapSession(IMAP4Server):
                     view.update_own(update.uid, update.flags, update.keywords, update.modseq)
                 if b"FLAGS" not in names:
                     items.append(FetchItem(b"FLAGS"))
+        self._announce_keywords()
         needs_raw = any(item.needs_raw for item in items)
         needs_cache = any(item.needs_cache for item in items)
         needs_meta = bool(names & {b"INTERNALDATE", b"RFC822.SIZE"})
@@ -1157,6 +1170,7 @@ class ImapSession(IMAP4Server):
             for update in result.updated:
                 view.update_own(update.uid, update.flags, update.keywords, update.modseq)
             updated = {update.uid for update in result.updated}
+            self._announce_keywords()
             out = []
             for message_uid in uids:
                 seq = view.seq_of(message_uid)

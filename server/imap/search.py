@@ -13,7 +13,7 @@ import email.policy
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.header import decode_header, make_header
-from email.utils import parsedate_to_datetime
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Callable
 
 from .parser import STAR, Atom, ParseError, is_sequence_set, parse_date, parse_number, parse_sequence_set
@@ -67,6 +67,13 @@ def _decode_header_value(value: str) -> str:
 
 def _header_values(msg: Candidate, name: str) -> list[str]:
     return [_decode_header_value(str(v)) for v in (msg.message().get_all(name) or [])]
+
+
+def _address_values(msg: Candidate, name: str) -> list[str]:
+    """The header as written, plus each address normalized (`user (c)@ domain` -> `user@domain`)."""
+    values = _header_values(msg, name)
+    normalized = [f"{display} <{address}>" if display else address for display, address in getaddresses(values)]
+    return values + normalized
 
 
 def _body_text(msg: Candidate) -> str:
@@ -178,7 +185,9 @@ class _Parser:
             needle = self.string()
             name = word.decode().lower()
             self.needs_raw = True
-            return lambda m: any(needle in v.casefold() for v in _header_values(m, name))
+            if name == "subject":
+                return lambda m: any(needle in v.casefold() for v in _header_values(m, name))
+            return lambda m: any(needle in v.casefold() for v in _address_values(m, name))
         if word == b"HEADER":
             name = self.atom().decode("latin-1").lower()
             needle = self.string()
