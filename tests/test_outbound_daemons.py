@@ -45,6 +45,8 @@ def dns():
     server.set("_dmarc.alpha.test", "TXT", "v=DMARC1; p=reject")
     server.set("strict.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
     server.set("_dmarc.strict.test", "TXT", "v=DMARC1; p=reject")
+    server.set("quar.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server.set("_dmarc.quar.test", "TXT", "v=DMARC1; p=quarantine")
     yield server
     server.stop()
 
@@ -228,6 +230,18 @@ def test_dmarc_reject_is_550_and_forged_results_are_removed(pair):
     [raw] = wait_for(pair.b, bob, subject("pre-forged"))
     assert raw.count(b"Authentication-Results:") == 1
     assert "dkim=none" in auth_results(raw)
+
+
+def test_dmarc_quarantine_files_into_junk(pair):
+    bob = pair.user(pair.b, "beta.test")
+    client = smtplib.SMTP(pair.b.host, pair.b.port("smtp"), timeout=30)
+    try:
+        client.sendmail("ceo@quar.test", [bob.address], message("ceo@quar.test", bob.address, subject="quarantined"))
+    finally:
+        client.quit()
+    [raw] = [m for m in mailbox(pair.b, bob, "Junk") if b"Subject: quarantined" in m]
+    assert "dmarc=fail" in auth_results(raw) and "spf=fail" in auth_results(raw)
+    assert mailbox(pair.b, bob) == []
 
 
 def test_queue_cli_show_retry_delete(pair, dns):
