@@ -324,3 +324,28 @@ async def test_lease_renewed_during_a_slow_delivery(store, dns, sender, tmp_path
         assert await store.list_outbound() == ()
     finally:
         await slow.stop()
+
+
+async def test_two_stores_two_workers_deliver_each_message_once(store, database_url, dns, sink, sender, tmp_path):
+    """As two casella processes on one database: separate engines, both workers running."""
+    from storage import MailStore
+
+    other_store = await MailStore.open(database_url, auth_cache_seconds=0)
+    try:
+        for n in range(30):
+            await queue(store, f"r{n}@beta.test")
+        first = make_worker(store, dns, tmp_path, sink.port, poll_interval=0.05, concurrency=5)
+        second = make_worker(other_store, dns, tmp_path, sink.port, poll_interval=0.05, concurrency=5)
+        second.worker_id = "second-worker"
+        first.start()
+        second.start()
+        for _ in range(400):
+            if len(sink.received) >= 30 and await store.list_outbound() == ():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.gather(first.close(2), second.close(2))
+        delivered = sorted(r for received in sink.received for r in received.rcpt_tos)
+        assert delivered == sorted(f"r{n}@beta.test" for n in range(30))  # each exactly once
+        assert first.delivered and second.delivered  # both took part
+    finally:
+        await other_store.close()
