@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -1279,8 +1279,12 @@ class MailStore:
     # that runs out (crashed worker) makes the item claimable again.
 
     async def claim_outbound(self, worker: str, limit: int, lease_seconds: float, *,
-                             now: datetime | None = None) -> tuple["OutboundClaim", ...]:
-        """Lease up to `limit` due items (oldest due first) to `worker`, with their pending recipients."""
+                             now: datetime | None = None,
+                             content_below: int = 0) -> tuple["OutboundClaim", ...]:
+        """Lease up to `limit` due items (oldest due first) to `worker`, with their pending recipients.
+
+        Contents smaller than `content_below` bytes come along (one read fewer per item).
+        """
         now = now or datetime.now(timezone.utc)
         until = now + timedelta(seconds=lease_seconds)
 
@@ -1294,7 +1298,14 @@ class MailStore:
                 return (), []
             s.execute(update(OutboundRow).where(OutboundRow.id.in_(ids))
                       .values(locked_by=worker, locked_until=until))
-            return self._outbound_claims(s, ids), []
+            claims = self._outbound_claims(s, ids)
+            if content_below > 0:
+                rows = s.execute(select(OutboundRow.id, MessageRow.raw)
+                                 .join(MessageRow, MessageRow.id == OutboundRow.message_id)
+                                 .where(OutboundRow.id.in_(ids), MessageRow.size < content_below)).all()
+                contents = {row[0]: bytes(row[1]) for row in rows}
+                claims = tuple(replace(c, content=contents.get(c.id)) for c in claims)
+            return claims, []
 
         return await self._write(op)
 
@@ -1439,6 +1450,7 @@ class OutboundClaim:
     locked_by: str | None
     locked_until: datetime | None
     recipients: tuple[OutboundRecipient, ...]
+    content: bytes | None = None  # the raw message, when the claim brought it along
 
     @property
     def pending(self) -> tuple[OutboundRecipient, ...]:

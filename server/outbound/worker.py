@@ -40,6 +40,9 @@ from .routing import RouteError, Router
 
 log = logging.getLogger("casella.outbound")
 
+# Messages smaller than this come with the claim (one read fewer); larger ones are read when needed.
+CLAIM_CONTENT_BELOW = 256 * 1024
+
 
 def _null(sender: str) -> bool:
     return sender.strip() in ("", "<>")
@@ -135,7 +138,8 @@ class OutboundWorker:
         free = self.config.concurrency - len(self._in_flight)
         if free <= 0:
             return 0
-        claims = await self.store.claim_outbound(self.worker_id, free, self.config.lease_seconds)
+        claims = await self.store.claim_outbound(self.worker_id, free, self.config.lease_seconds,
+                                                 content_below=CLAIM_CONTENT_BELOW)
         tasks = []
         for claim in claims:
             task = asyncio.get_running_loop().create_task(self._process_safely(claim))
@@ -198,7 +202,7 @@ class OutboundWorker:
         if not pending:
             await self.store.record_outbound_attempt(claim.id, self.worker_id, [], retry_at=None, error=None)
             return
-        raw = await self.store.outbound_content(claim.id)
+        raw = claim.content if claim.content is not None else await self.store.outbound_content(claim.id)
         message = raw
         if self.signer is not None and self.signer.enabled:
             message = await self.signer.sign(raw, self._signing_domain(raw, claim.mail_from))
