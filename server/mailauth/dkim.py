@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from .dns import DnsTempError, NoSuchDomain, Resolver
@@ -61,9 +63,6 @@ def key_dir(settings) -> Path:
 
 def generate_key(directory: Path, domain: str, selector: str, algorithm: str, rsa_bits: int = 2048) -> tuple[Path, str]:
     """Create `<directory>/<domain>/<selector>.key`; returns (path, the TXT record value)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
     target = directory / domain / f"{selector}.key"
     if target.exists():
         raise FileExistsError(f"{target} exists; choose another selector to rotate keys")
@@ -90,9 +89,6 @@ def generate_key(directory: Path, domain: str, selector: str, algorithm: str, rs
 
 def public_record(path: Path) -> str:
     """The TXT value for an existing key file."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
     data = path.read_bytes()
     if data.lstrip().startswith(b"-----BEGIN"):
         key = serialization.load_pem_private_key(data, password=None)
@@ -120,9 +116,6 @@ def _openssl_rsa_sign(digest: object, private_key: dict) -> bytes:
     capped outbound delivery near 40 messages/s. The signature bytes are identical
     (PKCS#1 v1.5 is deterministic); canonicalization and the header stay dkimpy's.
     """
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-
     key = _RSA_KEYS.get(private_key["modulus"])
     if key is None:
         public = rsa.RSAPublicNumbers(private_key["publicExponent"], private_key["modulus"])

@@ -12,12 +12,22 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+
+
+# Load now what dnspython would import at the first query (the asyncio backend, the
+# record classes): the daemon may have dropped privileges by then (App.preload).
+dns.asyncbackend.get_backend("asyncio")
+for _rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.MX, dns.rdatatype.TXT, dns.rdatatype.PTR):
+    dns.rdata.get_rdata_class(dns.rdataclass.IN, _rdtype)
 
 
 class DnsTempError(Exception):
