@@ -790,11 +790,15 @@ class MailStore:
         if not readonly:
             def claim(s: Session):
                 row = self._mailbox_row(s, account_id, name)
-                first_recent = row.first_recent_uid
-                if row.uidnext > first_recent:
+                # Row lock: a concurrent SELECT or claim_recent must not hand out the same
+                # \\Recent UIDs (RFC 3501 §2.3.2); on PostgreSQL the plain read raced.
+                first_recent, uidnext = s.execute(
+                    select(MailboxRow.first_recent_uid, MailboxRow.uidnext)
+                    .where(MailboxRow.id == row.id).with_for_update()).one()
+                if uidnext > first_recent:
                     s.execute(update(MailboxRow).where(MailboxRow.id == row.id)
-                                    .values(first_recent_uid=row.uidnext))
-                return (first_recent, row.uidnext), []
+                                    .values(first_recent_uid=uidnext))
+                return (first_recent, uidnext), []
 
             recent_from, recent_to = await self._write(claim)
         def read(s: Session):
