@@ -349,3 +349,14 @@ async def test_two_stores_two_workers_deliver_each_message_once(store, database_
         assert first.delivered and second.delivered  # both took part
     finally:
         await other_store.close()
+
+
+async def test_crashed_workers_lease_expires_then_another_delivers(store, dns, sink, sender, tmp_path):
+    await queue(store, "bob@beta.test")
+    assert len(await store.claim_outbound("crashed-worker", 10, 0.3)) == 1  # then it "dies"
+    worker = make_worker(store, dns, tmp_path, sink.port)
+    assert await worker.run_once() == 0  # still leased
+    await asyncio.sleep(0.4)
+    assert await worker.run_once() == 1
+    assert [r.rcpt_tos for r in sink.received] == [["bob@beta.test"]]
+    assert await store.list_outbound() == ()
