@@ -149,6 +149,7 @@ def test_submitted_mail_reaches_b_signed_and_authenticated(pair):
     submit(pair, alice, [bob.address], "first contact")
     [raw] = wait_for(pair.b, bob, subject("first contact"))
     assert b"DKIM-Signature:" in raw and b"d=alpha.test" in raw
+    assert b"by mx.beta.test (Casella) with ESMTPS" in raw  # opportunistic STARTTLS (RFC 3207, 7435)
     results = auth_results(raw)
     assert results.startswith("mx.beta.test;")
     assert "spf=pass" in results and "dkim=pass" in results and "dmarc=pass" in results, results
