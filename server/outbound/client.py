@@ -79,6 +79,7 @@ class ConnectionCache:
         self.idle_seconds = idle_seconds
         self._idle: dict[tuple, list[tuple[aiosmtplib.SMTP, float]]] = {}
         self._closing: set[asyncio.Task] = set()
+        self._last_sweep = 0.0
         self.reused = 0
 
     @staticmethod
@@ -103,7 +104,11 @@ class ConnectionCache:
         self.sweep()
 
     def sweep(self) -> None:
-        limit = time.monotonic() - self.idle_seconds
+        now = time.monotonic()
+        if now - self._last_sweep < min(0.5, self.idle_seconds / 2):
+            return  # at most twice a second: checking every connection per message costs more than it saves
+        self._last_sweep = now
+        limit = now - self.idle_seconds
         for key, idle in list(self._idle.items()):
             keep = []
             for client, since in idle:
