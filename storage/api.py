@@ -1370,6 +1370,19 @@ class MailStore:
 
         return await self._write(op)
 
+    async def finish_outbound(self, queue_id: int, worker: str) -> bool:
+        """Every recipient reached a final state: drop the item (its recipients cascade) and,
+        unless a mailbox holds it, its content. Two statements: the common case, kept short.
+        False if `worker` does not hold the lease (nothing is changed then)."""
+        def op(s: Session):
+            conn = s.connection()
+            content_id = conn.execute(_OB_FINISH, {"qid": queue_id, "worker": worker}).scalar()
+            if content_id is None:
+                return False, []
+            conn.execute(_OB_COLLECT, {"cid": content_id})
+            return True, []
+        return await self._write(op)
+
     def _delete_outbound(self, s: Session, queue_id: int) -> bool:
         content_id = s.scalar(select(OutboundRow.message_id).where(OutboundRow.id == queue_id))
         if content_id is None:
@@ -1472,6 +1485,9 @@ _OB_PENDING = (select(func.count()).select_from(_rc)
                .where(_rc.c.queue_id == bindparam("qid"), _rc.c.status == "pending"))
 _OB_DELETE_RCPTS = delete(_rc).where(_rc.c.queue_id == bindparam("qid"))
 _OB_DELETE_ITEM = delete(_ob).where(_ob.c.id == bindparam("qid"))
+# ON DELETE CASCADE removes the recipients (SQLite runs with foreign_keys=ON).
+_OB_FINISH = (delete(_ob).where(_ob.c.id == bindparam("qid"), _ob.c.locked_by == bindparam("worker"))
+              .returning(_ob.c.message_id))
 _OB_RESCHEDULE = (update(_ob).where(_ob.c.id == bindparam("qid"))
                   .values(attempts=_ob.c.attempts + 1, last_error=bindparam("err"), next_attempt_at=bindparam("at"),
                           locked_by=None, locked_until=None))

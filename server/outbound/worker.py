@@ -268,8 +268,12 @@ class OutboundWorker:
                 await self.store.mark_outbound_delayed(claim.id)
         retry_at = now + timedelta(seconds=self.backoff(claim.attempts))
         retry_at = min(retry_at, lifetime_end)  # one last try right at the end of the lifetime
-        left = await self.store.record_outbound_attempt(claim.id, self.worker_id, results, retry_at=retry_at,
-                                                        error="; ".join(errors)[:2000] or None)
+        if not delayed:
+            # Everyone is done (the usual case): drop the item in two statements.
+            left = 0 if await self.store.finish_outbound(claim.id, self.worker_id) else -1
+        else:
+            left = await self.store.record_outbound_attempt(claim.id, self.worker_id, results, retry_at=retry_at,
+                                                            error="; ".join(errors)[:2000] or None)
         if left < 0:
             log.warning("outbound: lease on item %d was lost before recording; another worker owns it", claim.id)
         log.info("outbound: item %d from=<%s> sent=%d failed=%d deferred=%d ms=%.1f%s", claim.id, mail_from,
