@@ -155,7 +155,7 @@ class OutboundSettings(Strict):
     # Concurrent SMTP deliveries of one worker.
     concurrency: int = Field(default=20, ge=1)
     # Seconds between queue polls when nothing wakes the worker earlier.
-    poll_interval: float = Field(default=5.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
     # A claimed item stays ours this long; a crashed worker's items come back after it.
     lease_seconds: float = Field(default=600.0, gt=0)
     # Exponential backoff (RFC 5321 §4.5.4.1): first retry after this, times factor, capped.
