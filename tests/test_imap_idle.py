@@ -100,3 +100,12 @@ def test_pop3_deletion_pushed_as_expunge(server, user):
     assert raw.until_tagged(b"i1")[1].startswith(b"OK")
     assert raw.ok("FETCH 1:* UID") == [b"* 1 FETCH (UID 2)"]
     raw.close()
+
+
+def test_shutdown_says_bye_to_idle_sessions(start_server):
+    srv = start_server("sqlite")
+    user = srv.new_user()
+    raw = _idle(srv, user)
+    assert srv.daemon.stop() == 0
+    assert raw.line(timeout=5).startswith(b"* BYE [UNAVAILABLE]")
+    raw.close()
