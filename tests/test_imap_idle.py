@@ -109,3 +109,25 @@ def test_shutdown_says_bye_to_idle_sessions(start_server):
     assert srv.daemon.stop() == 0
     assert raw.line(timeout=5).startswith(b"* BYE [UNAVAILABLE]")
     raw.close()
+
+
+def test_delivery_by_another_node_pushed_on_postgres(server, user):
+    """A second casella process on the same PostgreSQL database (LISTEN/NOTIFY) reaches IDLE at once."""
+    import pytest
+
+    if server.backend != "postgres":
+        pytest.skip("cross-process events are a PostgreSQL feature; SQLite is one node (NOOP/IDLE resync covers it)")
+    from storage import MailStore
+
+    other_node = server.admin.run(MailStore.open(server.daemon.database_url, cross_process_events=True))
+    try:
+        raw = _idle(server, user)
+        start = time.monotonic()
+        server.admin.run(other_node.deliver(message("from node two"), [user.id]))
+        assert raw.line(timeout=1.0) == b"* 1 EXISTS"
+        assert time.monotonic() - start < 1.0
+        raw.send(b"DONE\r\n")
+        assert raw.until_tagged(b"i1")[1].startswith(b"OK")
+        raw.close()
+    finally:
+        server.admin.run(other_node.close())
