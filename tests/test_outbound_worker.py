@@ -309,15 +309,15 @@ async def test_connection_reused_for_the_next_message_then_closed(store, dns, si
 async def test_lease_renewed_during_a_slow_delivery(store, dns, sender, tmp_path):
     class SlowHandler(SinkHandler):
         async def handle_DATA(self, server, session, envelope):  # noqa: N802
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(3.0)
             return await super().handle_DATA(server, session, envelope)
 
     slow = await Sink(SlowHandler()).start()
     try:
-        worker = make_worker(store, dns, tmp_path, slow.port, lease_seconds=0.6)
+        worker = make_worker(store, dns, tmp_path, slow.port, lease_seconds=1.2)
         await queue(store, "bob@beta.test")
         task = asyncio.ensure_future(worker.run_once())
-        await asyncio.sleep(1.0)  # past the first lease: renewed, so nobody else may claim it
+        await asyncio.sleep(2.0)  # past the first lease: renewed, so nobody else may claim it
         assert await store.claim_outbound("other-worker", 10, 60) == ()
         await task
         assert [r.rcpt_tos for r in slow.received] == [["bob@beta.test"]]
