@@ -149,3 +149,18 @@ def test_idle_timeout_autologout(start_server):
     raw = Raw(srv)
     assert raw.line(timeout=5).startswith(b"* BYE Autologout")
     raw.close()
+
+
+def test_tcp_keepalive_enabled(server, user):
+    """Dead IDLE connections are found by TCP keep-alive (checked from the server side via ss)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) not installed")
+    raw = Raw(server)
+    local_port = raw.sock.getsockname()[1]
+    out = subprocess.run(["ss", "-tno", "state", "established", f"( dport = :{local_port} )"],
+                         capture_output=True, text=True).stdout
+    assert "keepalive" in out, out
+    raw.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import zlib
 from bisect import bisect_left
 from datetime import timezone
@@ -1259,15 +1260,21 @@ def _kib(value: int) -> int:
 
 
 def _keepalive(transport) -> None:  # noqa: ANN001
-    # Dead phones behind NAT are found by TCP keep-alive, not by chatter during IDLE.
+    """TCP keep-alive probes after 5 idle minutes: a phone that vanished during a 29-minute
+    IDLE is found in about 6 minutes, without any IMAP chatter that would wake it."""
     for candidate in (transport, getattr(transport, "transport", None)):
-        setter = getattr(candidate, "setTcpKeepAlive", None)
-        if setter is not None:
+        handle = getattr(candidate, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket):
             try:
-                setter(1)
-                return
-            except Exception:  # noqa: BLE001 - not every transport supports it
-                continue
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 300)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 30)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+            except OSError:
+                pass
+            return
 
 
 def _looks_like_append(first_line: bytes) -> bool:
