@@ -16,10 +16,14 @@ install: $(BIN)/casella-installed
 run: install
 	$(BIN)/casella serve --dev
 
-## The whole suite (SQLite and, when reachable, PostgreSQL).
+## The whole suite (SQLite and, when reachable, PostgreSQL), on two workers: each starts its own daemons.
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(PYTEST_ARGS)
 
-## Benchmarks (figures and ratios; not part of the tests).
+## Benchmarks (figures and ratios; not part of the tests). One alone: .venv/bin/python bench/NAME.py
 bench: install
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/smtp_ingest.py
+	$(BIN)/python bench/pop3.py
+	$(BIN)/python bench/imap.py
+	$(BIN)/python bench/outbound.py

@@ -62,8 +62,12 @@ class CasellaServer:
             [*casella_command(), "serve", "--dev", *self.config_args], cwd=workdir, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self._wait_ready(startup_timeout)
-        threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr_lines), daemon=True).start()
-        threading.Thread(target=self._drain, args=(self.process.stdout, []), daemon=True).start()
+        self._drains = [
+            threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr_lines), daemon=True),
+            threading.Thread(target=self._drain, args=(self.process.stdout, []), daemon=True),
+        ]
+        for thread in self._drains:
+            thread.start()
 
     @staticmethod
     def _drain(stream: Any, sink: list[str]) -> None:
@@ -115,6 +119,8 @@ class CasellaServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for thread in self._drains:  # the last log lines are read before anyone looks at them
+            thread.join(5)
         return self.process.returncode
 
 

@@ -244,8 +244,8 @@ class MailStore:
 
     @classmethod
     async def open(cls, url: str, *, bus: ChangeBus | None = None, cross_process_events: bool = False,
-                   **options: Any) -> "MailStore":
-        store = cls(create_database(url), bus, **options)
+                   pool_size: int = 10, busy_timeout_ms: int = 10000, **options: Any) -> "MailStore":
+        store = cls(create_database(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms), bus, **options)
         if cross_process_events and store.db.is_postgres:
             from sqlalchemy.engine import make_url
 

@@ -292,6 +292,8 @@ class SmtpHandler:
                   "rcpts": len(envelope.rcpt_tos), "local": len(report.deliveries), "queued": len(envelope.remote),
                   "over_quota": list(report.over_quota), "size": len(raw), "content_id": report.content_id,
                   "queue_id": report.queue_id, "ms": round(elapsed * 1000, 1), "user": conn.auth_user}
+        if report.queue_id is not None and getattr(self.app, "outbound", None) is not None:
+            self.app.outbound.wake()  # deliver now rather than at the worker's next poll
         if report.over_quota:
             await self._bounce_over_quota(envelope, report.over_quota, ident, content)
         log.info("smtp delivery id=%s from=%s rcpts=%d local=%d queued=%d size=%d content=%s queue=%s ms=%.1f",
