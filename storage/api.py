@@ -69,6 +69,7 @@ from .models import (
     MessageRow,
     OutboundRecipientRow,
     OutboundRow,
+    SubscriptionRow,
 )
 from .types import (
     DEFAULT_MAILBOXES,
@@ -206,12 +207,12 @@ def _account(row: AccountRow, domain: str) -> Account:
         created_at=_as_utc(row.created_at))
 
 
-def _mailbox(row: Any) -> MailboxInfo:
+def _mailbox(row: Any, subscribed: bool) -> MailboxInfo:
     return MailboxInfo(
         id=row.id, account_id=row.account_id, name=row.name, uidvalidity=row.uidvalidity,
         uidnext=row.uidnext, highest_modseq=row.highest_modseq,
         special_use=SpecialUse(row.special_use) if row.special_use else None,
-        subscribed=bool(row.subscribed))
+        subscribed=subscribed)
 
 
 _META_COLUMNS = (
@@ -606,16 +607,38 @@ class MailStore:
         row = MailboxRow(account_id=account_id, name=name,
                          uidvalidity=self._next_uidvalidity(s, account_id),
                          uidnext=1, highest_modseq=1, first_recent_uid=1,
-                         special_use=special_use, subscribed=subscribed)
+                         special_use=special_use)
         s.add(row)
         s.flush()
+        if subscribed:
+            self._subscribe(s, account_id, name)
         return row
+
+    # ---- imap (issue 5): subscriptions are names of their own (RFC 3501 §6.3.6)
+
+    def _subscriptions(self, s: Session, account_id: int) -> set[str]:
+        return set(s.scalars(select(SubscriptionRow.name).where(SubscriptionRow.account_id == account_id)))
+
+    def _is_subscribed(self, s: Session, account_id: int, name: str) -> bool:
+        return s.scalar(select(SubscriptionRow.id).where(
+            SubscriptionRow.account_id == account_id, SubscriptionRow.name == name)) is not None
+
+    def _subscribe(self, s: Session, account_id: int, name: str) -> None:
+        if not self._is_subscribed(s, account_id, name):
+            s.execute(insert(SubscriptionRow).values(account_id=account_id, name=name))
+
+    async def list_subscriptions(self, account_id: int) -> tuple[str, ...]:
+        """Every subscribed name, sorted, whether or not its mailbox exists (RFC 5258 \\NonExistent)."""
+        def read(s: Session):
+            return tuple(sorted(self._subscriptions(s, account_id)))
+        return await self._read(read)
 
     async def list_mailboxes(self, account_id: int) -> tuple[MailboxInfo, ...]:
         def read(s: Session):
             rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
                                     .order_by(MailboxRow.name))).scalars().all()
-            return tuple(_mailbox(r) for r in rows)
+            subscribed = self._subscriptions(s, account_id)
+            return tuple(_mailbox(r, r.name in subscribed) for r in rows)
         return await self._read(read)
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
@@ -623,12 +646,13 @@ class MailStore:
         def read(s: Session):
             row = (s.execute(select(MailboxRow).where(
                 MailboxRow.account_id == account_id, MailboxRow.name == name))).scalar_one_or_none()
-            return _mailbox(row) if row else None
+            return _mailbox(row, self._is_subscribed(s, account_id, name)) if row else None
         return await self._read(read)
 
     async def create_mailbox(self, account_id: int, name: str,
-                             special_use: SpecialUse | None = None) -> MailboxInfo:
-        """Create a mailbox and any missing parents (RFC 3501 §6.3.3)."""
+                             special_use: SpecialUse | None = None, *, subscribe: bool = True) -> MailboxInfo:
+        """Create a mailbox and any missing parents (RFC 3501 §6.3.3), subscribed unless told not to
+        (a subscription the name already had is kept either way)."""
         name = normalize_mailbox_name(name)
 
         def op(s: Session):
@@ -640,8 +664,9 @@ class MailStore:
                 parent = HIERARCHY_DELIMITER.join(levels[:depth])
                 if parent not in existing:
                     self._insert_mailbox(s, account_id, parent, None, subscribed=False)
-            row = self._insert_mailbox(s, account_id, name, special_use.value if special_use else None)
-            return _mailbox(row), []
+            row = self._insert_mailbox(s, account_id, name, special_use.value if special_use else None,
+                                       subscribed=subscribe)
+            return _mailbox(row, subscribe or self._is_subscribed(s, account_id, name)), []
 
         return await self._write(op)
 
@@ -690,7 +715,7 @@ class MailStore:
                     self._insert_mailbox(s, account_id, parent, None, subscribed=False)
             changes: list[Change] = []
             if old == "INBOX":
-                target = self._insert_mailbox(s, account_id, new, None)
+                target = self._insert_mailbox(s, account_id, new, None, subscribed=False)
                 uids = (s.scalars(select(MailboxMessageRow.uid).where(
                     MailboxMessageRow.mailbox_id == source.id).order_by(MailboxMessageRow.uid))).all()
                 target.uidnext = source.uidnext
@@ -703,7 +728,7 @@ class MailStore:
                         {"mailbox_id": source.id, "uid": uid, "modseq": modseq} for uid in uids])
                     changes.append(MessagesExpunged(source.id, tuple(uids), modseq))
                 s.flush()
-                return _mailbox(target), changes
+                return _mailbox(target, self._is_subscribed(s, account_id, new)), changes
             children = (s.execute(select(MailboxRow).where(
                 MailboxRow.account_id == account_id,
                 MailboxRow.name.startswith(old + HIERARCHY_DELIMITER, autoescape=True)))).scalars().all()
@@ -714,17 +739,24 @@ class MailStore:
                 child.name = child_new
             source.name = new
             s.flush()
-            return _mailbox(source), changes
+            # Subscriptions are names and stay where they were (Dovecot does the same).
+            return _mailbox(source, self._is_subscribed(s, account_id, new)), changes
 
         return await self._write(op)
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE any valid name, existing or not (RFC 3501 §6.3.6); UNSUBSCRIBE of a name
+        that is neither subscribed nor a mailbox raises NoSuchMailbox."""
         name = normalize_mailbox_name(name)
 
         def op(s: Session):
-            result = s.execute(update(MailboxRow).where(
-                MailboxRow.account_id == account_id, MailboxRow.name == name).values(subscribed=subscribed))
-            if result.rowcount == 0:
+            if subscribed:
+                self._subscribe(s, account_id, name)
+                return None, []
+            result = s.execute(delete(SubscriptionRow).where(
+                SubscriptionRow.account_id == account_id, SubscriptionRow.name == name))
+            if result.rowcount == 0 and s.scalar(select(MailboxRow.id).where(
+                    MailboxRow.account_id == account_id, MailboxRow.name == name)) is None:
                 raise NoSuchMailbox(f"no mailbox {name}")
             return None, []
 
@@ -747,24 +779,25 @@ class MailStore:
         name = normalize_mailbox_name(name)
         def read(s: Session):
             row = self._mailbox_row(s, account_id, name)
-            return self._status(s, row)
+            return self._status(s, row, self._is_subscribed(s, account_id, name))
         return await self._read(read)
 
-    def _status(self, s: Session, row: MailboxRow) -> MailboxStatus:
+    def _status(self, s: Session, row: MailboxRow, subscribed: bool) -> MailboxStatus:
         counts = (s.execute(select(
             func.count(),
             func.coalesce(func.sum((MailboxMessageRow.flags.op("&")(int(Flag.SEEN)) == 0).cast(_Int)), 0),
             func.coalesce(func.sum((MailboxMessageRow.uid >= row.first_recent_uid).cast(_Int)), 0),
             func.coalesce(func.sum(MailboxMessageRow.size), 0),
         ).where(MailboxMessageRow.mailbox_id == row.id))).one()
-        return MailboxStatus(_mailbox(row), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
+        return MailboxStatus(_mailbox(row, subscribed), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
 
     async def list_status(self, account_id: int) -> tuple[MailboxStatus, ...]:
         """STATUS of every mailbox of the account in one read (LIST-STATUS, RFC 5819)."""
         def read(s: Session):
             rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
                                     .order_by(MailboxRow.name))).scalars().all()
-            return tuple([self._status(s, row) for row in rows])
+            subscribed = self._subscriptions(s, account_id)
+            return tuple([self._status(s, row, row.name in subscribed) for row in rows])
         return await self._read(read)
 
     def _mailbox_row(self, s: Session, account_id: int, name: str) -> MailboxRow:
@@ -808,7 +841,7 @@ class MailStore:
             messages = tuple(_meta(r) for r in rows)
             keywords = sorted({kw for m in messages for kw in m.keywords})
             recent = frozenset(m.uid for m in messages if recent_from is not None and recent_from <= m.uid < recent_to)
-            return MailboxSnapshot(_mailbox(row), messages, recent, tuple(keywords))
+            return MailboxSnapshot(_mailbox(row, self._is_subscribed(s, account_id, name)), messages, recent, tuple(keywords))
         return await self._read(read)
 
     async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,

@@ -91,8 +91,22 @@ class MailboxRow(Base):
     # UIDs >= this are \Recent for the next session that selects read-write (RFC 3501 §2.3.2).
     first_recent_uid: Mapped[bigint] = mapped_column(default=1)
     special_use: Mapped[str | None] = mapped_column(String(32), default=None)
-    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[timestamp]
+
+
+class SubscriptionRow(Base):
+    """The account's subscription list (RFC 3501 §6.3.6): names, not mailboxes.
+
+    A subscription outlives its mailbox (DELETE keeps it, RENAME does not move it,
+    as Dovecot does) and may name a mailbox that does not exist (RFC 5258 \\NonExistent).
+    """
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[intpk]
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(1024))
 
 
 class MessageRow(Base):

@@ -27,10 +27,9 @@ pytestmark = pytest.mark.skipif(IMAPTEST is None, reason="imaptest not installed
                                                          "dovecot-dev and put it on PATH to run these)")
 
 
-#: Scripted groups known to fail, each with its reason (reported in the closing note, never hidden):
-#: listext line 56 expects a subscription to outlive its deleted mailbox (\NonExistent \Subscribed);
-#: the store keeps the subscribed bit on the mailbox row, so DELETE drops the subscription too.
-KNOWN_FAILURES = {"listext"}
+#: Scripted groups known to fail, each with its reason (reported in the closing note, never hidden).
+#: None today: listext passes since subscriptions became names of their own (0002_subscriptions).
+KNOWN_FAILURES: set[str] = set()
 
 
 def _tests_dir() -> str | None:

@@ -143,6 +143,37 @@ def test_list_extended_subscribed_children_and_status(server, user):
     raw.close()
 
 
+def test_subscriptions_outlive_their_mailbox(server, user):
+    """RFC 3501 §6.3.6: DELETE keeps the subscription, RENAME does not move it (as Dovecot);
+    RFC 5258 §3: LIST (SUBSCRIBED) shows the orphan \\NonExistent \\Subscribed, LSUB \\Noselect."""
+    raw = Raw(server)
+    raw.login(user)
+    raw.ok("CREATE Gone")
+    raw.ok("SUBSCRIBE Gone")
+    raw.ok("DELETE Gone")
+    assert raw.ok('LIST (SUBSCRIBED) "" Gone') == [b'* LIST (\\NonExistent \\Subscribed) "/" "Gone"']
+    assert raw.ok('LSUB "" Gone') == [b'* LSUB (\\Noselect) "/" "Gone"']
+    assert raw.ok('LIST "" Gone') == []
+    assert raw.ok('LIST "" Gone RETURN (SUBSCRIBED)') == []
+    raw.ok("SUBSCRIBE Never/There")
+    lines = raw.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Never"')
+    assert lines == [b'* LIST (\\NonExistent) "/" "Never" ("CHILDINFO" ("SUBSCRIBED"))'], lines
+    # CREATE does not subscribe, nor does it drop the name's earlier subscription.
+    raw.ok("CREATE Gone")
+    assert raw.ok('LSUB "" Gone') == [b'* LSUB () "/" "Gone"']
+    raw.ok("CREATE Fresh")
+    assert raw.ok('LSUB "" Fresh') == []
+    raw.ok("SUBSCRIBE Fresh")
+    raw.ok("RENAME Fresh Renamed")
+    assert raw.ok('LSUB "" Fresh') == [b'* LSUB (\\Noselect) "/" "Fresh"']
+    assert raw.ok('LSUB "" Renamed') == []
+    raw.ok("UNSUBSCRIBE Fresh")
+    assert raw.ok('LIST (SUBSCRIBED) "" Fresh') == []
+    _, tagged = raw.cmd("UNSUBSCRIBE Fresh")
+    assert tagged.startswith(b"NO")
+    raw.close()
+
+
 def test_status_and_namespace(server, user):
     deliver(server, user, message("s1"))
     raw = Raw(server)

@@ -3,9 +3,11 @@ SPECIAL-USE attributes (RFC 6154) and CHILDREN (RFC 3348).
 
 Names are Unicode in the store and modified UTF-7 on the wire; `*` matches
 across levels, `%` within one; INBOX matches case-insensitively. The store
-creates parents along with children, so no mailbox is ever \\Noselect and
-\\NonExistent never appears (except LSUB's RFC 3501 placeholder for an
-unsubscribed parent of a subscribed child).
+creates parents along with children, so no existing mailbox is ever \\Noselect.
+Subscriptions are a list of names of their own (RFC 3501 §6.3.6): a subscribed
+name whose mailbox was deleted shows as \\NonExistent \\Subscribed in
+LIST (SUBSCRIBED) and as \\Noselect in LSUB, as does LSUB's placeholder for
+an unsubscribed parent of a subscribed child.
 """
 from __future__ import annotations
 
@@ -101,8 +103,10 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
         return
     regexes = [pattern_regex(_decode_pattern(reference + pattern)) for pattern in patterns]
     mailboxes = await session.store.list_mailboxes(session.account.id)
-    names = [mb.name for mb in mailboxes]
-    subscribed = {mb.name for mb in mailboxes if mb.subscribed}
+    existing = {mb.name: mb for mb in mailboxes}
+    names = list(existing)
+    # Subscriptions are names of their own: they outlive a deleted mailbox (RFC 3501 §6.3.6).
+    subscribed = set(await session.store.list_subscriptions(session.account.id))
 
     def has_children(name: str) -> bool:
         prefix = name + DELIMITER
@@ -114,9 +118,11 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
     lines: list[bytes] = []
     if lsub:
         listed = set()
-        for name in names:
-            if name in subscribed and matches(name):
-                lines.append(b"* LSUB () \"/\" " + quote(utf7.encode(name)))
+        for name in sorted(subscribed):
+            if matches(name):
+                # Without LIST-EXTENDED syntax a subscribed name whose mailbox is gone is \Noselect.
+                attrs = b"()" if name in existing else b"(\\Noselect)"
+                lines.append(b"* LSUB " + attrs + b" \"/\" " + quote(utf7.encode(name)))
                 listed.add(name)
         # RFC 3501 §6.3.9: with %, an unsubscribed parent of a subscribed child shows as \Noselect.
         for name in sorted(subscribed):
@@ -136,10 +142,17 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
     if status_items:
         statuses = {status.mailbox.name: status for status in await session.store.list_status(session.account.id)}
     show_subscribed = b"SUBSCRIBED" in selection or b"SUBSCRIBED" in returns
-    for mailbox in mailboxes:
-        name = mailbox.name
+    candidates = set(existing)
+    if b"SUBSCRIBED" in selection:
+        candidates |= subscribed
+        if b"RECURSIVEMATCH" in selection:
+            for name in subscribed:
+                levels = name.split(DELIMITER)
+                candidates.update(DELIMITER.join(levels[:depth]) for depth in range(1, len(levels)))
+    for name in sorted(candidates):
         if not matches(name):
             continue
+        mailbox = existing.get(name)
         extra = b""
         if b"SUBSCRIBED" in selection and name not in subscribed:
             # RFC 5258 §4: CHILDINFO only for matching descendants the patterns do not list themselves.
@@ -148,12 +161,16 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
                 extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
             else:
                 continue
-        if b"SPECIAL-USE" in selection and mailbox.special_use is None:
+        if b"SPECIAL-USE" in selection and (mailbox is None or mailbox.special_use is None):
             continue
-        attrs = [b"\\HasChildren" if has_children(name) else b"\\HasNoChildren"]
+        if mailbox is None:
+            # RFC 5258 §3: a subscribed (or CHILDINFO) name without a mailbox; \NonExistent implies \Noselect.
+            attrs = [b"\\NonExistent"]
+        else:
+            attrs = [b"\\HasChildren" if has_children(name) else b"\\HasNoChildren"]
         if show_subscribed and name in subscribed:
             attrs.append(b"\\Subscribed")
-        if mailbox.special_use is not None:
+        if mailbox is not None and mailbox.special_use is not None:
             attrs.append(mailbox.special_use.value.encode())
         encoded = quote(utf7.encode(name))
         lines.append(b"* LIST (" + b" ".join(attrs) + b") \"/\" " + encoded + extra)

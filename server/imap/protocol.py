@@ -774,10 +774,9 @@ class ImapSession(IMAP4Server):
         name = self._mailbox_name(raw_name)
         if name == "INBOX":
             raise AlreadyExists("INBOX always exists")
-        await self.store.create_mailbox(self.account.id, name, special_use=special_use)
-        # RFC 3501 §6.3.3 CREATE does not subscribe (clients SUBSCRIBE themselves); the store
-        # subscribes new mailboxes for its other callers, so undo that here.
-        await self.store.set_subscribed(self.account.id, name, False)
+        # RFC 3501 §6.3.3 CREATE does not subscribe (clients SUBSCRIBE themselves); a subscription
+        # the name kept from an earlier, deleted mailbox stays (§6.3.6).
+        await self.store.create_mailbox(self.account.id, name, special_use=special_use, subscribe=False)
         return b"CREATE completed"
 
     async def cmd_delete(self, tag: bytes, args: Args) -> bytes:
