@@ -9,7 +9,8 @@ the server's):
 
 - logins/s: 4 parallel clients, each a full session (greeting, USER, PASS,
   QUIT) on its own account, for --seconds seconds. Logins include the maildrop
-  lock (a store write to take it, one to release it) and the INBOX listing;
+  lock (PostgreSQL: a store write to take it, one to release it; SQLite, one
+  node: in process memory) and the INBOX listing;
   password checks hit the credential cache (as Dovecot's auth cache): the
   first, cold login of an account (argon2 verification) is shown apart;
 - RETR of 1,000 messages of 4 KB, and of 20 messages of 1 MB, one command after

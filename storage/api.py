@@ -20,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import time
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -82,6 +85,7 @@ from .types import (
     Domain,
     Flag,
     FlagUpdate,
+    MailboxIndex,
     MailboxInfo,
     MailboxSnapshot,
     MailboxStatus,
@@ -817,9 +821,59 @@ class MailStore:
     # ---------------------------------------------------------------- reading messages
 
     async def select(self, account_id: int, name: str, *, readonly: bool = False) -> MailboxSnapshot:
-        """Load a mailbox for a session. A read-write select claims the \\Recent messages."""
+        """Load a mailbox for a session. A read-write select claims the \\Recent messages.
+
+        Every entry as a MessageMeta: for tools and tests. IMAP uses the lean `select_index`.
+        """
         name = normalize_mailbox_name(name)
+        recent_from, recent_to = await self._claim_select_recent(account_id, name, readonly)
+        def read(s: Session):
+            row = self._mailbox_row(s, account_id, name)
+            rows = (s.execute(select(*_META_COLUMNS).where(MailboxMessageRow.mailbox_id == row.id)
+                                    .order_by(MailboxMessageRow.uid))).all()
+            messages = tuple(_meta(r) for r in rows)
+            keywords = sorted({kw for m in messages for kw in m.keywords})
+            recent = frozenset(m.uid for m in messages if recent_from is not None and recent_from <= m.uid < recent_to)
+            return MailboxSnapshot(_mailbox(row, self._is_subscribed(s, account_id, name)), messages, recent, tuple(keywords))
+        return await self._read(read)
+
+    # ---- imap (issue 5): the lean SELECT
+
+    async def select_index(self, account_id: int, name: str, *, readonly: bool = False) -> MailboxIndex:
+        """SELECT/EXAMINE for IMAP: UIDs, flags and modseq as arrays, keywords only where set.
+
+        Same \\Recent claim as `select`; sizes and dates are left to `fetch`.
+        """
+        name = normalize_mailbox_name(name)
+        recent_from, recent_to = await self._claim_select_recent(account_id, name, readonly)
+
+        def read(s: Session):
+            row = self._mailbox_row(s, account_id, name)
+            conn = s.connection()
+            uids, flags, modseqs = array("q"), array("q"), array("q")
+            joined = conn.execute(q.MAILBOX_INDEX, {"mailbox_id": row.id}).one()
+            if joined[0]:
+                # json's C parser reads a list of integers three times faster than int() per item.
+                columns = [json.loads("[" + text + "]") for text in joined]
+                if sorted(columns[0]) != columns[0]:
+                    columns = [list(column) for column in zip(*sorted(zip(*columns)))]
+                uids.extend(columns[0])
+                flags.extend(columns[1])
+                modseqs.extend(columns[2])
+            message_keywords = {uid: _keywords_tuple(text) for uid, text in
+                                conn.execute(q.MAILBOX_KEYWORDS, {"mailbox_id": row.id}).all()}
+            keywords = sorted({kw for kws in message_keywords.values() for kw in kws})
+            recent: frozenset[int] = frozenset()
+            if recent_from is not None and recent_to > recent_from:
+                start, end = bisect_left(uids, recent_from), bisect_left(uids, recent_to)
+                recent = frozenset(uids[start:end])
+            return MailboxIndex(_mailbox(row, self._is_subscribed(s, account_id, name)), uids, flags, modseqs,
+                                message_keywords, recent, tuple(keywords))
+        return await self._read(read)
+
+    async def _claim_select_recent(self, account_id: int, name: str, readonly: bool) -> tuple[int | None, int]:
         recent_from: int | None = None
+        recent_to = 0
         if not readonly:
             def claim(s: Session):
                 row = self._mailbox_row(s, account_id, name)
@@ -834,15 +888,7 @@ class MailStore:
                 return (first_recent, uidnext), []
 
             recent_from, recent_to = await self._write(claim)
-        def read(s: Session):
-            row = self._mailbox_row(s, account_id, name)
-            rows = (s.execute(select(*_META_COLUMNS).where(MailboxMessageRow.mailbox_id == row.id)
-                                    .order_by(MailboxMessageRow.uid))).all()
-            messages = tuple(_meta(r) for r in rows)
-            keywords = sorted({kw for m in messages for kw in m.keywords})
-            recent = frozenset(m.uid for m in messages if recent_from is not None and recent_from <= m.uid < recent_to)
-            return MailboxSnapshot(_mailbox(row, self._is_subscribed(s, account_id, name)), messages, recent, tuple(keywords))
-        return await self._read(read)
+        return recent_from, recent_to
 
     async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,
                     cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
@@ -1170,6 +1216,8 @@ class MailStore:
 
     async def acquire_maildrop(self, account_id: int, holder: str, ttl_seconds: float) -> bool:
         """Take the POP3 maildrop lock (RFC 1939 §8); False if another live session holds it."""
+        if self.db.is_sqlite:
+            return self._take_local_maildrop(account_id, holder, ttl_seconds)
         now = datetime.now(timezone.utc)
 
         def op(s: Session):
@@ -1187,6 +1235,12 @@ class MailStore:
         return await self._write(op)
 
     async def release_maildrop(self, account_id: int, holder: str) -> None:
+        if self.db.is_sqlite:
+            locks = self._local_maildrops()
+            if account_id in locks and locks[account_id][0] == holder:
+                del locks[account_id]
+            return
+
         def op(s: Session):
             s.execute(delete(MaildropLockRow).where(
                 MaildropLockRow.account_id == account_id, MaildropLockRow.holder == holder))
@@ -1260,7 +1314,17 @@ class MailStore:
 
     async def pop3_open(self, account_id: int, holder: str, ttl_seconds: float) -> Pop3Listing | None:
         """Take the maildrop lock (RFC 1939 §8) and list INBOX as POP3 sees it, in one transaction:
-        one store round trip per login. None if another live session holds the lock."""
+        one store round trip per login. None if another live session holds the lock.
+
+        On SQLite the lock lives in this process (see `_local_maildrops`): the login is one read."""
+        if self.db.is_sqlite:
+            if not self._take_local_maildrop(account_id, holder, ttl_seconds):
+                return None
+            try:
+                return await self.pop3_listing(account_id)
+            except BaseException:
+                await self.release_maildrop(account_id, holder)  # NoSuchMailbox: no lock left behind
+                raise
         now = datetime.now(timezone.utc)
 
         def op(s: Session):
@@ -1280,6 +1344,30 @@ class MailStore:
             return Pop3Listing(row.uidvalidity, tuple(_meta(r) for r in rows)), []
 
         return await self._write(op)
+
+    def _local_maildrops(self) -> dict[int, tuple[str, float]]:
+        """SQLite maildrop locks: account id -> (holder, monotonic expiry), in this process.
+
+        SQLite is one node (DESIGN.md: PostgreSQL for more than one), so one
+        casella process owns the database and an in-memory lock gives the same
+        exclusion without two durable commits per login. Two processes on one
+        SQLite file are not a supported deployment; PostgreSQL keeps the
+        maildrop_locks table, which holds across nodes.
+        """
+        locks = self.__dict__.get("_maildrop_locks")
+        if locks is None:
+            locks = self.__dict__["_maildrop_locks"] = {}
+        return locks
+
+    def _take_local_maildrop(self, account_id: int, holder: str, ttl_seconds: float) -> bool:
+        """The table's rule in memory: taken if free, expired or already ours (a renewal)."""
+        locks = self._local_maildrops()
+        now = time.monotonic()
+        current = locks.get(account_id)
+        if current is not None and current[0] != holder and current[1] >= now:
+            return False
+        locks[account_id] = (holder, now + ttl_seconds)
+        return True
 
     # ---------------------------------------------------------------- outbound queue
 
