@@ -7,7 +7,7 @@ which is what lets group commit reach its delivery-rate goal.
 """
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import String, bindparam, cast, func, insert, select, update
 
 from .models import AccountRow, MailboxMessageRow, MailboxRow, MessageRow
 
@@ -47,3 +47,16 @@ MAILBOX_ENTRIES = (select(*ENTRY_META_COLUMNS).where(entries.c.mailbox_id == bin
 SET_ENTRY_FLAGS = (update(entries).where(entries.c.id == bindparam("entry_id"))
                    .values(flags=bindparam("new_flags"), keywords=bindparam("new_keywords"),
                            modseq=bindparam("new_modseq")))
+
+# ---- imap (issue 5): the lean SELECT (MailboxIndex). Three comma-joined strings in one row
+# (group_concat / string_agg) instead of 100,000 rows: a third of the fetch time on SQLite and
+# none of the per-row Python overhead. The ordered subquery gives the aggregates UID order in
+# practice; the caller checks it and sorts if a planner ever does otherwise.
+_ORDERED_ENTRIES = (select(entries.c.uid, entries.c.flags, entries.c.modseq)
+                    .where(entries.c.mailbox_id == bindparam("mailbox_id")).order_by(entries.c.uid).subquery())
+
+MAILBOX_INDEX = select(*(func.aggregate_strings(cast(column, String), ",") for column in (
+    _ORDERED_ENTRIES.c.uid, _ORDERED_ENTRIES.c.flags, _ORDERED_ENTRIES.c.modseq)))
+
+MAILBOX_KEYWORDS = select(entries.c.uid, entries.c.keywords).where(
+    entries.c.mailbox_id == bindparam("mailbox_id"), entries.c.keywords != "")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from storage.changes import FlagsChanged, MailboxDeleted, MessageAdded, MessagesExpunged
-from storage.types import VISIBLE_FLAGS_MASK, MailboxInfo, MailboxSnapshot, MessageMeta, flags_to_names
+from storage.types import VISIBLE_FLAGS_MASK, MailboxIndex, MailboxInfo, MessageMeta, flags_to_names
 
 from .parser import STAR, ParseError, format_uid_set
 
@@ -30,21 +30,75 @@ class Entry:
         self.modseq = modseq
 
 
+class EntryTable:
+    """uid -> Entry over the arrays of the SELECT (storage MailboxIndex), with the entries that
+    changed since kept in a dict on top: opening a 100,000-message mailbox builds no object per
+    message, and an Entry is made only when a command asks for one."""
+
+    __slots__ = ("_uids", "_flags", "_modseqs", "_keywords", "_changed", "_removed")
+
+    def __init__(self, index: MailboxIndex) -> None:
+        self._uids = index.uids
+        self._flags = index.flags
+        self._modseqs = index.modseqs
+        self._keywords = index.message_keywords
+        self._changed: dict[int, Entry] = {}
+        self._removed: set[int] = set()
+
+    def get(self, uid: int, default: Entry | None = None) -> Entry | None:
+        entry = self._changed.get(uid)
+        if entry is not None:
+            return entry
+        if uid in self._removed:
+            return default
+        uids = self._uids
+        index = bisect_left(uids, uid)
+        if index < len(uids) and uids[index] == uid:
+            return Entry(self._flags[index], self._keywords.get(uid, ()), self._modseqs[index])
+        return default
+
+    def __getitem__(self, uid: int) -> Entry:
+        entry = self.get(uid)
+        if entry is None:
+            raise KeyError(uid)
+        return entry
+
+    def __contains__(self, uid: int) -> bool:
+        return self.get(uid) is not None
+
+    def __setitem__(self, uid: int, entry: Entry) -> None:
+        self._changed[uid] = entry
+        self._removed.discard(uid)
+
+    def pop(self, uid: int, default: Entry | None = None) -> Entry | None:
+        entry = self.get(uid)
+        if entry is None:
+            return default
+        self._changed.pop(uid, None)
+        self._removed.add(uid)
+        return entry
+
+    def pristine_flags(self, count: int):  # noqa: ANN201
+        """The SELECT's flags array while nothing changed and `count` UIDs are announced, else None."""
+        if self._changed or self._removed or count != len(self._uids):
+            return None
+        return self._flags
+
+
 class MailboxView:
-    def __init__(self, snapshot: MailboxSnapshot, readonly: bool) -> None:
-        self.info: MailboxInfo = snapshot.mailbox
-        self.id = snapshot.mailbox.id
+    def __init__(self, index: MailboxIndex, readonly: bool) -> None:
+        self.info: MailboxInfo = index.mailbox
+        self.id = index.mailbox.id
         self.readonly = readonly
-        self.uids: list[int] = [m.uid for m in snapshot.messages]
-        # MessageMeta has .flags/.keywords/.modseq too: it serves as the entry until a change
-        # replaces it with an Entry (entries are never mutated in place).
-        self.meta = {m.uid: m for m in snapshot.messages}
-        self.entries: dict[int, Entry | MessageMeta] = dict(self.meta)
-        self.recent: set[int] = set(snapshot.recent_uids)
+        self.uids: list[int] = list(index.uids)
+        # Sizes, internal dates and content ids, filled by FETCH and SEARCH as they read them.
+        self.meta: dict[int, MessageMeta] = {}
+        self.entries = EntryTable(index)
+        self.recent: set[int] = set(index.recent_uids)
         self.recent_reported = len(self.recent)
-        self.keywords: set[str] = set(snapshot.keywords)
-        self.uidnext = snapshot.mailbox.uidnext
-        self.highest_modseq = snapshot.mailbox.highest_modseq
+        self.keywords: set[str] = set(index.keywords)
+        self.uidnext = index.mailbox.uidnext
+        self.highest_modseq = index.mailbox.highest_modseq
         self.pending_added: dict[int, Entry] = {}
         self.pending_expunged: set[int] = set()
         self.dirty: set[int] = set()
@@ -64,6 +118,19 @@ class MailboxView:
         index = bisect_left(self.uids, uid)
         if index < len(self.uids) and self.uids[index] == uid:
             return index + 1
+        return None
+
+    def first_unseen(self) -> int | None:
+        """Sequence number of the first message without \\Seen (SELECT's [UNSEEN n])."""
+        flags = self.entries.pristine_flags(len(self.uids))
+        if flags is not None:
+            for index, value in enumerate(flags):
+                if not value & 1:
+                    return index + 1
+            return None
+        for index, uid in enumerate(self.uids):
+            if not self.entries[uid].flags & 1:
+                return index + 1
         return None
 
     def flag_names(self, uid: int) -> tuple[str, ...]:

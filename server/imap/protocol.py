@@ -693,7 +693,7 @@ class ImapSession(IMAP4Server):
         self._early = []
         self._unsubscribe = self.store.bus.subscribe(info.id, self._on_change)
         try:
-            snapshot = await self.store.select(self.account.id, name, readonly=readonly)
+            snapshot = await self.store.select_index(self.account.id, name, readonly=readonly)
         except BaseException:
             self._close_mailbox()
             raise
@@ -716,10 +716,9 @@ class ImapSession(IMAP4Server):
             lines.append(b"* OK [PERMANENTFLAGS (" + _PERMANENT_FLAGS.encode() + b" \\*)] Flags permitted")
         lines.append(b"* %d EXISTS" % view.exists)
         lines.append(b"* %d RECENT" % len(view.recent))
-        for index, uid in enumerate(view.uids):
-            if not view.entries[uid].flags & 1:
-                lines.append(b"* OK [UNSEEN %d] First unseen" % (index + 1))
-                break
+        unseen = view.first_unseen()
+        if unseen is not None:
+            lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.info.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
         lines.append(b"* OK [HIGHESTMODSEQ %d] Highest" % view.highest_modseq)
@@ -984,7 +983,9 @@ class ImapSession(IMAP4Server):
             candidates.append(Candidate(seq, message_uid, entry.flags, entry.keywords,
                                         meta.size if meta else -1, meta.internaldate if meta else None,
                                         entry.modseq, message_uid in view.recent))
-        await self._complete_candidates(candidates, query.needs_raw)
+        if query.needs_meta:
+            # Sizes and dates are not part of the SELECT index: read them once, then cached in the view.
+            await self._complete_candidates(candidates, query.needs_raw)
         if query.needs_raw:
             matched = []
             for start in range(0, len(candidates), 200):

@@ -49,6 +49,8 @@ class Query:
     predicate: Callable[[Candidate], bool]
     needs_raw: bool
     uses_modseq: bool
+    #: LARGER/SMALLER/BEFORE/ON/SINCE: sizes and internal dates, which SELECT does not load.
+    needs_meta: bool = False
 
 
 def _text(value: bytes, charset: str) -> str:
@@ -110,6 +112,7 @@ class _Parser:
         self.max_uid = view_max_uid
         self.needs_raw = False
         self.uses_modseq = False
+        self.needs_meta = False
 
     def next(self):  # noqa: ANN201
         if self.i >= len(self.tokens):
@@ -142,6 +145,7 @@ class _Parser:
             pred = sub.all()
             self.needs_raw |= sub.needs_raw
             self.uses_modseq |= sub.uses_modseq
+            self.needs_meta |= sub.needs_meta
             return pred
         if not isinstance(token, Atom):
             raise ParseError("search key expected")
@@ -172,9 +176,11 @@ class _Parser:
             return has if word == b"KEYWORD" else (lambda m: not has(m))
         if word in (b"LARGER", b"SMALLER"):
             number = parse_number(self.atom(), "size")
+            self.needs_meta = True
             return (lambda m: m.size > number) if word == b"LARGER" else (lambda m: m.size < number)
         if word in (b"BEFORE", b"ON", b"SINCE"):
             day = parse_date(self.atom()).date()
+            self.needs_meta = True
             get = lambda m: m.internaldate.date()  # noqa: E731
             return _date_pred(word, get, day)
         if word in (b"SENTBEFORE", b"SENTON", b"SENTSINCE"):
@@ -269,4 +275,4 @@ def parse_search(tokens: list, charset: str, max_seq: int, max_uid: int) -> Quer
         raise BadCharset(charset)
     parser = _Parser(tokens, charset, max_seq, max_uid)
     predicate = parser.all()
-    return Query(predicate, parser.needs_raw, parser.uses_modseq)
+    return Query(predicate, parser.needs_raw, parser.uses_modseq, parser.needs_meta)
