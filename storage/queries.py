@@ -60,3 +60,10 @@ MAILBOX_INDEX = select(*(func.aggregate_strings(cast(column, String), ",") for c
 
 MAILBOX_KEYWORDS = select(entries.c.uid, entries.c.keywords).where(
     entries.c.mailbox_id == bindparam("mailbox_id"), entries.c.keywords != "")
+
+# ---- imap (issue 5): STORE on many messages, one UPDATE per group of equal new flags
+SET_FLAGS_BY_IDS = (update(entries).where(entries.c.id.in_(bindparam("ids", expanding=True)))
+                    .values(flags=bindparam("new_flags"), keywords=bindparam("new_keywords"),
+                            modseq=bindparam("new_modseq")))
+
+ENTRY_FLAG_COLUMNS = (entries.c.id, entries.c.uid, entries.c.flags, entries.c.keywords, entries.c.modseq)
