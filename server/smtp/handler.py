@@ -17,6 +17,7 @@ which needs an account or alias there. Not implemented: VRFY/EXPN (always 252/50
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -79,6 +80,7 @@ class SmtpHandler:
         self.settings = app.settings.smtp
         self._catch_all_id: int | None = None
         self._resolutions: dict[str, tuple[float, Any]] = {}
+        self._resolving: dict[str, asyncio.Future] = {}
 
     # ------------------------------------------------------------ AUTH (RFC 4954)
 
@@ -227,11 +229,27 @@ class SmtpHandler:
         cached = self._resolutions.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # One lookup per address at a time: when an entry expires under a burst, the sessions sending
+        # to that address wait for the same query instead of each running its own.
+        pending = self._resolving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(key, address))
+            self._resolving[key] = pending
+            pending.add_done_callback(lambda done: self._resolved(key, done))
+        return await asyncio.shield(pending)  # a client that goes away does not cancel the others' lookup
+
+    def _resolved(self, key: str, done: asyncio.Future) -> None:
+        if self._resolving.get(key) is done:
+            del self._resolving[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone away
+
+    async def _lookup(self, key: str, address: str) -> Any:
         resolution = await self.store.resolve_recipient(address)
         if resolution is not None and resolution.local:
             if len(self._resolutions) >= RESOLUTION_CACHE_MAX:
                 self._resolutions.clear()
-            self._resolutions[key] = (now + RESOLUTION_TTL, resolution)
+            self._resolutions[key] = (time.monotonic() + RESOLUTION_TTL, resolution)
         return resolution
 
     async def _catch_all(self) -> int:
