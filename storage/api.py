@@ -1030,13 +1030,14 @@ class MailStore:
             content_id = self._insert_content(s, raw, digest, header_size, cache)
             deliveries, over_quota, changes, rows = [], [], [], []
             for account_id in targets:
-                used, quota = conn.execute(q.ACCOUNT_USAGE, {"account_id": account_id}).one()
+                # ---- smtp ingest (issue 3): quota and both candidate mailboxes in one round trip
+                used, quota, mailbox_id, inbox_id = conn.execute(
+                    q.DELIVERY_TARGET, {"account_id": account_id, "name": mailbox}).one()
                 if enforce_quota and quota is not None and used + size > quota:
                     over_quota.append(account_id)
                     continue
-                mailbox_id = conn.execute(q.MAILBOX_ID, {"account_id": account_id, "name": mailbox}).scalar()
                 if mailbox_id is None:
-                    mailbox_id = conn.execute(q.MAILBOX_ID, {"account_id": account_id, "name": "INBOX"}).scalar()
+                    mailbox_id = inbox_id
                 uid, modseq, _ = self._allocate_uids(s, mailbox_id, 1)
                 rows.append({"mailbox_id": mailbox_id, "uid": uid, "message_id": content_id, "flags": 0,
                              "keywords": "", "internaldate": when, "modseq": modseq, "size": size})

@@ -67,3 +67,14 @@ SET_FLAGS_BY_IDS = (update(entries).where(entries.c.id.in_(bindparam("ids", expa
                             modseq=bindparam("new_modseq")))
 
 ENTRY_FLAG_COLUMNS = (entries.c.id, entries.c.uid, entries.c.flags, entries.c.keywords, entries.c.modseq)
+
+
+# ---- smtp ingest (issue 3): a recipient's usage, quota, wanted mailbox and INBOX in one statement
+_wanted = mailboxes.alias("wanted")
+_inbox = mailboxes.alias("inbox")
+DELIVERY_TARGET = select(
+    accounts.c.used_bytes, accounts.c.quota_bytes,
+    select(_wanted.c.id).where(_wanted.c.account_id == accounts.c.id, _wanted.c.name == bindparam("name"))
+    .scalar_subquery(),
+    select(_inbox.c.id).where(_inbox.c.account_id == accounts.c.id, _inbox.c.name == "INBOX").scalar_subquery(),
+).where(accounts.c.id == bindparam("account_id"))
