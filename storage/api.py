@@ -1263,13 +1263,7 @@ class MailStore:
 
     async def pop3_listing(self, account_id: int) -> Pop3Listing:
         """INBOX as POP3 sees it: entries not hidden by the `keep` policy, in UID order."""
-        def read(s: Session):
-            row = self._mailbox_row(s, account_id, "INBOX")
-            rows = (s.execute(select(*_META_COLUMNS).where(
-                MailboxMessageRow.mailbox_id == row.id,
-                MailboxMessageRow.flags.op("&")(int(Flag.POP3_HIDDEN)) == 0).order_by(MailboxMessageRow.uid))).all()
-            return Pop3Listing(row.uidvalidity, tuple(_meta(r) for r in rows))
-        return await self._read(read)
+        return await self._read(lambda s: self._pop3_inbox(s, account_id))
 
     async def pop3_apply_deletes(self, account_id: int, uids: Sequence[int], policy: Pop3DeletePolicy) -> int:
         """Apply a POP3 session's DELEs at QUIT, in one transaction (RFC 1939 §6)."""
@@ -1350,13 +1344,29 @@ class MailStore:
                         account_id=account_id, holder=holder, expires_at=now + timedelta(seconds=ttl_seconds)))
             except IntegrityError:
                 return None, []
-            row = self._mailbox_row(s, account_id, "INBOX")  # NoSuchMailbox rolls the lock back too
-            rows = (s.execute(select(*_META_COLUMNS).where(
-                MailboxMessageRow.mailbox_id == row.id,
-                MailboxMessageRow.flags.op("&")(int(Flag.POP3_HIDDEN)) == 0).order_by(MailboxMessageRow.uid))).all()
-            return Pop3Listing(row.uidvalidity, tuple(_meta(r) for r in rows)), []
+            return self._pop3_inbox(s, account_id), []  # NoSuchMailbox rolls the lock back too
 
         return await self._write(op)
+
+    # INBOX and its entries POP3 sees (not hidden by the `keep` policy) in one statement, built once:
+    # otherwise a login spends longer building SQL and loading an ORM mailbox object than reading.
+    _pop3_inbox_statement: Any = None
+
+    def _pop3_inbox(self, s: Session, account_id: int) -> Pop3Listing:
+        statement = MailStore._pop3_inbox_statement
+        if statement is None:
+            statement = MailStore._pop3_inbox_statement = (
+                select(MailboxRow.uidvalidity, *_META_COLUMNS).select_from(MailboxRow)
+                .outerjoin(MailboxMessageRow, (MailboxMessageRow.mailbox_id == MailboxRow.id)
+                           & (MailboxMessageRow.flags.op("&")(int(Flag.POP3_HIDDEN)) == 0))
+                .where(MailboxRow.account_id == bindparam("account_id"), MailboxRow.name == "INBOX")
+                .order_by(MailboxMessageRow.uid))
+        rows = s.connection().execute(statement, {"account_id": account_id}).all()
+        if not rows:
+            raise NoSuchMailbox("no mailbox INBOX")
+        if rows[0][1] is None:  # the outer join's one empty row: INBOX has nothing for POP3
+            return Pop3Listing(rows[0][0], ())
+        return Pop3Listing(rows[0][0], tuple([_meta(r[1:]) for r in rows]))
 
     def _local_maildrops(self) -> dict[int, tuple[str, float]]:
         """SQLite maildrop locks: account id -> (holder, monotonic expiry), in this process.
