@@ -12,8 +12,8 @@ kept here, whatever protocol calls:
 - Every call that names a mailbox or message takes the account id and
   checks ownership: one account never reaches another's mail.
 
-Writes on SQLite go through the group-commit writer (storage/writer.py);
-on PostgreSQL they run concurrently, with deadlock retries.
+Writes go through the group-commit writer (storage/writer.py) on both
+backends; it runs deadlock and serialization-failure victims again.
 """
 from __future__ import annotations
 
@@ -238,7 +238,8 @@ class MailStore:
                  auth_cache_seconds: float = 60.0, group_commit: bool | None = None) -> None:
         self.db = db
         self.bus = bus or ChangeBus()
-        use_group_commit = db.is_sqlite if group_commit is None else group_commit
+        # Both backends: on PostgreSQL too one transaction per batch beats one per write (storage/writer.py).
+        use_group_commit = True if group_commit is None else group_commit
         self._funnel = GroupCommitWriter(db, self.bus) if use_group_commit else None
         self._relay: PostgresRelay | None = None
         self._auth_cache_seconds = auth_cache_seconds

@@ -6,8 +6,11 @@ callers queue an operation; while one batch runs on the writer thread the
 next one gathers, then runs in one transaction, each operation inside its own
 SAVEPOINT so one failing operation fails alone. Only after the commit does
 each caller's future resolve and the batch's change events go out: an
-acknowledgement always means "committed". PostgreSQL does not need this and
-runs operations directly.
+acknowledgement always means "committed". On PostgreSQL it saves the
+BEGIN/COMMIT round trips and a WAL flush per operation; UID allocation still
+takes a row lock, so several processes writing one mailbox stay correct, and
+an operation that loses a deadlock or a serialization check (SQLSTATE 40P01,
+40001) is queued again, up to MAX_ATTEMPTS times.
 """
 from __future__ import annotations
 
@@ -18,12 +21,14 @@ from typing import Any, Callable
 from sqlalchemy.orm import Session
 
 from .changes import Change, ChangeBus
-from .engine import Database
+from .engine import Database, retryable
 
 log = logging.getLogger("casella.store.writer")
 
 #: A write operation: runs inside a transaction, returns (result, change events).
 WriteOp = Callable[[Session], tuple[Any, list[Change]]]
+#: Runs of one operation that lost a deadlock or serialization check before its caller gets the error.
+MAX_ATTEMPTS = 5
 
 
 class GroupCommitWriter:
@@ -31,7 +36,7 @@ class GroupCommitWriter:
         self._db = db
         self._bus = bus
         self._max_batch = max_batch
-        self._queue: list[tuple[WriteOp, asyncio.Future]] = []
+        self._queue: list[tuple[WriteOp, asyncio.Future, int]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -47,7 +52,7 @@ class GroupCommitWriter:
             raise RuntimeError("store is closing")
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, 1))
         self._wakeup.set()
         # Shielded: a caller that goes away (client disconnect) must not cancel a batch.
         return await asyncio.shield(future)
@@ -70,24 +75,33 @@ class GroupCommitWriter:
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future]]) -> None:
+    def _retry(self, op: WriteOp, future: asyncio.Future, attempt: int, exc: BaseException) -> bool:
+        """Queue an operation again after a deadlock or serialization failure; False if it may not be."""
+        if attempt >= MAX_ATTEMPTS or not retryable(exc):  # _run drains the queue, even when closing
+            return False
+        self._queue.append((op, future, attempt + 1))
+        self._wakeup.set()
+        return True
+
+    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future, int]]) -> None:
         try:
-            outcomes = await self._db.write([op for op, _ in batch])
+            outcomes = await self._db.write([op for op, _, _ in batch])
         except Exception as exc:  # the transaction failed: nobody's write is durable
-            if len(batch) > 1:
+            if len(batch) > 1 and not retryable(exc):
                 log.exception("group commit of %d operations failed", len(batch))
-            for _op, future in batch:
-                if not future.done():
+            for op, future, attempt in batch:
+                if not future.done() and not self._retry(op, future, attempt, exc):
                     future.set_exception(exc)
             return
         self.batches += 1
         self.operations += len(batch)
         published: list[Change] = []
-        for (_op, future), (result, exc) in zip(batch, outcomes):
+        for (op, future, attempt), (result, exc) in zip(batch, outcomes):
             if future.done():
                 continue
             if exc is not None:
-                future.set_exception(exc)
+                if not self._retry(op, future, attempt, exc):
+                    future.set_exception(exc)
             else:
                 value, changes = result
                 future.set_result(value)
