@@ -1,6 +1,8 @@
 """STORE (RFC 3501 §6.4.6): +/-FLAGS, .SILENT, keywords, UID STORE; read-only mailboxes refuse it."""
 from __future__ import annotations
 
+import re
+
 from .test_imap_support import Raw, deliver, message
 
 
@@ -43,3 +45,37 @@ def test_uid_store_missing_uids_is_ok(server, user):
     raw = _selected(server, user)
     assert raw.ok("UID STORE 100:200 +FLAGS (\\Seen)") == []
     raw.close()
+
+
+def test_flags_from_the_select_index_with_later_changes(server, user):
+    """The view answers FETCH (FLAGS) and SEARCH from the SELECT's arrays with changes on top:
+    keywords set before SELECT, this session's STORE, another session's STORE, an expunge, a delivery."""
+    for i in range(5):
+        deliver(server, user, message(f"ix{i}"))
+    setup = Raw(server)
+    setup.login(user)
+    setup.ok("SELECT INBOX")
+    setup.ok("STORE 2 +FLAGS.SILENT ($Old \\Flagged)")
+    setup.ok("STORE 4 +FLAGS.SILENT (\\Deleted)")
+    a = Raw(server)
+    a.login(user)
+    a.ok("SELECT INBOX")
+    setup.ok("EXPUNGE")
+    a.ok("STORE 1 +FLAGS.SILENT (\\Seen)")
+    # The expunge is still pending here (never during FETCH): the whole SELECT run, one entry changed.
+    early = [l for l in a.ok("FETCH 1:* (UID FLAGS)") if b"FETCH" in l]
+    assert len(early) == 5 and b"\\Seen" in early[0] and b"$Old" in early[1] and b"\\Deleted" in early[3]
+    setup.ok("STORE 3 +FLAGS.SILENT ($New)")
+    deliver(server, user, message("ix5"))
+    a.ok("NOOP")
+    lines = [l for l in a.ok("FETCH 1:* (UID FLAGS)") if b"FETCH" in l]
+    flags = {int(re.search(rb"UID (\d+)", l).group(1)): re.search(rb"FLAGS \(([^)]*)\)", l).group(1).split()
+             for l in lines}
+    assert set(flags) == {1, 2, 3, 5, 6}
+    assert b"\\Seen" in flags[1] and b"$Old" in flags[2] and b"\\Flagged" in flags[2]
+    assert b"$New" in flags[3] and b"\\Seen" not in flags[5] and b"\\Seen" not in flags[6]
+    assert a.ok("UID SEARCH KEYWORD $New") == [b"* SEARCH 3"]
+    assert a.ok("UID SEARCH UNSEEN") == [b"* SEARCH 2 3 5 6"]
+    assert a.ok("UID SEARCH FLAGGED KEYWORD $Old") == [b"* SEARCH 2"]
+    a.close()
+    setup.close()

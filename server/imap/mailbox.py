@@ -78,6 +78,37 @@ class EntryTable:
         self._removed.add(uid)
         return entry
 
+    def columns(self, uids: list[int]) -> tuple:
+        """(flags, keywords, modseqs) for ascending, known `uids`, as three sequences: the bulk path
+        of FETCH 1:* (FLAGS) and SEARCH. A run of the SELECT's UIDs is sliced out of its arrays
+        (no object per message); the entries changed since are patched in."""
+        count = len(uids)
+        if not count:
+            return [], [], []
+        base = self._uids
+        start = bisect_left(base, uids[0])
+        end = start + count
+        if end <= len(base) and base[end - 1] == uids[-1]:
+            # Same first, last and count, both ascending without repeats: uids == base[start:end].
+            flags, modseqs = self._flags[start:end], self._modseqs[start:end]
+            keywords: list[tuple[str, ...]] = [()] * count
+            low, high = uids[0], uids[-1]
+            for uid, words in self._keywords.items():
+                if low <= uid <= high:
+                    keywords[bisect_left(base, uid) - start] = words
+            for uid, entry in self._changed.items():
+                if low <= uid <= high:
+                    index = bisect_left(base, uid) - start
+                    flags[index], keywords[index], modseqs[index] = entry.flags, entry.keywords, entry.modseq
+            return flags, keywords, modseqs
+        flags_out, keywords_out, modseqs_out = [], [], []
+        for uid in uids:
+            entry = self[uid]
+            flags_out.append(entry.flags)
+            keywords_out.append(entry.keywords)
+            modseqs_out.append(entry.modseq)
+        return flags_out, keywords_out, modseqs_out
+
     def pristine_flags(self, count: int):  # noqa: ANN201
         """The SELECT's flags array while nothing changed and `count` UIDs are announced, else None."""
         if self._changed or self._removed or count != len(self._uids):

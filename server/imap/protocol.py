@@ -977,12 +977,14 @@ class ImapSession(IMAP4Server):
         if query.uses_modseq:
             self.condstore = True
         candidates = []
-        for seq, message_uid in enumerate(list(view.uids), start=1):
-            entry = view.entries[message_uid]
-            meta = view.meta.get(message_uid)
-            candidates.append(Candidate(seq, message_uid, entry.flags, entry.keywords,
+        view_uids = list(view.uids)
+        metas, recent = view.meta, view.recent
+        for seq, (message_uid, flags, keywords, modseq) in enumerate(
+                zip(view_uids, *view.entries.columns(view_uids)), start=1):
+            meta = metas.get(message_uid)
+            candidates.append(Candidate(seq, message_uid, flags, keywords,
                                         meta.size if meta else -1, meta.internaldate if meta else None,
-                                        entry.modseq, message_uid in view.recent))
+                                        modseq, message_uid in recent))
         if query.needs_meta:
             # Sizes and dates are not part of the SELECT index: read them once, then cached in the view.
             await self._complete_candidates(candidates, query.needs_raw)
@@ -1110,22 +1112,21 @@ class ImapSession(IMAP4Server):
         flag_cache: dict = {}
         out = []
         index = bisect_left(view_uids, uids[0]) if uids else 0
-        for message_uid in uids:
+        for message_uid, flags, keywords, modseq in zip(uids, *entries.columns(uids)):
             while view_uids[index] != message_uid:
                 index += 1
-            entry = entries[message_uid]
             parts = []
             for name in names:
                 if name == b"UID":
                     parts.append(b"UID %d" % message_uid)
                 elif name == b"FLAGS":
-                    key = (entry.flags, entry.keywords, message_uid in recent)
+                    key = (flags, keywords, message_uid in recent)
                     rendered = flag_cache.get(key)
                     if rendered is None:
                         rendered = flag_cache[key] = b"FLAGS " + flags_list(view.flag_names(message_uid))
                     parts.append(rendered)
                 elif name == b"MODSEQ":
-                    parts.append(b"MODSEQ (%d)" % entry.modseq)
+                    parts.append(b"MODSEQ (%d)" % modseq)
             out.append(b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(parts)))
             if len(out) >= 5000:
                 self.write(b"".join(out))
