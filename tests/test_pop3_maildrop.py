@@ -112,6 +112,20 @@ def test_drop_without_quit_deletes_nothing(server, user):
     assert server.admin.run(server.admin.store.mailbox_status(user.id, "INBOX")).messages == 2
 
 
+def test_quit_then_drop_next_session_sees_the_update(server, user):
+    """The lock goes only after QUIT's deletions have committed, even when the client does not wait for +OK."""
+    for n in (1, 2, 3):
+        deliver(server, user, message(n))
+    client = login(server, user)
+    for n in (1, 2, 3):
+        client.dele(n)
+    client._putcmd("QUIT")
+    drop(client)
+    client = login(server, user, retry_in_use=10)
+    assert client.stat()[0] == 0
+    client.quit()
+
+
 # ---------------------------------------------------------------- the maildrop lock
 
 

@@ -150,6 +150,7 @@ class Maildrop:
         self.released = False
         self._release_task: asyncio.Task | None = None
         self._refreshing: asyncio.Future | None = None
+        self._applying: asyncio.Future | None = None
         self._mailbox_id: int | None = None
         self._ahead: dict[int, bytes] = {}
         self._ahead_bytes = 0
@@ -227,7 +228,8 @@ class Maildrop:
         uids = sorted(self.messages[i].uid for i in self.deleted)
         if not uids:
             return 0
-        return await self.app.store.pop3_apply_deletes(self.account.id, uids, self.policy)
+        self._applying = asyncio.ensure_future(self.app.store.pop3_apply_deletes(self.account.id, uids, self.policy))
+        return await _wait(self._applying)
 
     async def refresh_lock(self) -> bool:
         """Renew the lock's expiry; False if it was lost (expired and taken by another session)."""
@@ -260,6 +262,12 @@ class Maildrop:
         if refreshing is not None:
             # A renewal committing after the release would hold the lock until it expires.
             await asyncio.wait([refreshing])
+        applying = self._applying
+        if applying is not None:
+            # A client that drops right after QUIT: its UPDATE is still committing, and the next
+            # session must not list INBOX before it has (RFC 1939 §8 exclusive access). On SQLite
+            # the release is immediate (an in-process lock), so this wait is the ordering.
+            await asyncio.wait([applying])
         try:
             await self.app.store.release_maildrop(self.account.id, self.holder)
         except Exception as exc:  # noqa: BLE001 - the lock expires by itself
