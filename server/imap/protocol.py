@@ -1087,6 +1087,8 @@ class ImapSession(IMAP4Server):
                 fetched = await self.store.fetch(self.account.id, view.id, batch, cache=needs_cache, raw=needs_raw)
                 if self.view is not view:
                     break
+                # §7.2.6: another session's new keyword may have reached the view during the await.
+                self._announce_keywords()
                 out = []
                 for message in fetched:
                     message_uid = message.meta.uid
