@@ -1320,13 +1320,15 @@ class MailStore:
 
     # ---- POP3 sessions (server/pop3): the login in one transaction
 
-    async def pop3_open(self, account_id: int, holder: str, ttl_seconds: float) -> Pop3Listing | None:
+    async def pop3_open(self, account_id: int, holder: str, ttl_seconds: float, *,
+                        takeover: str | None = None) -> Pop3Listing | None:
         """Take the maildrop lock (RFC 1939 §8) and list INBOX as POP3 sees it, in one transaction:
         one store round trip per login. None if another live session holds the lock.
 
-        On SQLite the lock lives in this process (see `_local_maildrops`): the login is one read."""
+        On SQLite the lock lives in this process (see `_local_maildrops`): the login is one read.
+        `takeover`: a holder whose release is on its way (its session is over): its lock counts as free."""
         if self.db.is_sqlite:
-            if not self._take_local_maildrop(account_id, holder, ttl_seconds):
+            if not self._take_local_maildrop(account_id, holder, ttl_seconds, takeover):
                 return None
             try:
                 return await self.pop3_listing(account_id)
@@ -1335,10 +1337,12 @@ class MailStore:
                 raise
         now = datetime.now(timezone.utc)
 
+        holders = [holder] if takeover is None else [holder, takeover]
+
         def op(s: Session):
             s.execute(delete(MaildropLockRow).where(
                 MaildropLockRow.account_id == account_id,
-                or_(MaildropLockRow.expires_at < now, MaildropLockRow.holder == holder)))
+                or_(MaildropLockRow.expires_at < now, MaildropLockRow.holder.in_(holders))))
             try:
                 with s.begin_nested():
                     s.execute(insert(MaildropLockRow).values(
@@ -1383,12 +1387,13 @@ class MailStore:
             locks = self.__dict__["_maildrop_locks"] = {}
         return locks
 
-    def _take_local_maildrop(self, account_id: int, holder: str, ttl_seconds: float) -> bool:
+    def _take_local_maildrop(self, account_id: int, holder: str, ttl_seconds: float,
+                             takeover: str | None = None) -> bool:
         """The table's rule in memory: taken if free, expired or already ours (a renewal)."""
         locks = self._local_maildrops()
         now = time.monotonic()
         current = locks.get(account_id)
-        if current is not None and current[0] != holder and current[1] >= now:
+        if current is not None and current[0] not in (holder, takeover) and current[1] >= now:
             return False
         locks[account_id] = (holder, now + ttl_seconds)
         return True

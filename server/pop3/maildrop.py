@@ -26,8 +26,8 @@ from ..bridge import as_deferred
 
 log = logging.getLogger("casella.pop3")
 
-# Maildrop locks this process is releasing, by account id: a new login waits for them.
-_RELEASING: dict[int, asyncio.Task] = {}
+# Maildrop locks this process is releasing, by account id: a new login takes them over.
+_RELEASING: dict[int, "Maildrop"] = {}
 # A lock held elsewhere is tried this many times, this far apart, before [IN-USE].
 _ACQUIRE_ATTEMPTS = 3
 _ACQUIRE_RETRY_SECONDS = 0.05
@@ -101,16 +101,21 @@ class Realm:
     async def _open(self, account: Account, holder: str):
         """RFC 1939 §8: exclusive access, then INBOX as it stands (one store transaction).
 
-        A lock whose release is still on its way (a session that just said QUIT,
-        here or on another node) is waited for, briefly, before [IN-USE].
+        A lock this process is still releasing (a session that just said QUIT or
+        dropped) is taken over once that session's UPDATE has committed, without
+        waiting for the release's own commit; one released on another node is
+        waited for, briefly, before [IN-USE].
         """
         settings = self.app.settings.pop3
         listing = None
         for attempt in range(_ACQUIRE_ATTEMPTS):
             pending = _RELEASING.get(account.id)
+            takeover = None
             if pending is not None:
-                await _wait(pending)
-            listing = await self.app.store.pop3_open(account.id, holder, settings.maildrop_lock_seconds)
+                await pending.updated()
+                takeover = pending.holder
+            listing = await self.app.store.pop3_open(account.id, holder, settings.maildrop_lock_seconds,
+                                                     takeover=takeover)
             if listing is not None:
                 break
             if attempt + 1 < _ACQUIRE_ATTEMPTS and account.id not in _RELEASING:
@@ -252,10 +257,15 @@ class Maildrop:
             self.released = True
             task = asyncio.ensure_future(self._release_now())
             self._release_task = task
-            _RELEASING[self.account.id] = task
-            task.add_done_callback(lambda done: _RELEASING.pop(self.account.id, None)
-                                   if _RELEASING.get(self.account.id) is done else None)
+            _RELEASING[self.account.id] = self
+            task.add_done_callback(lambda _: _RELEASING.pop(self.account.id, None)
+                                   if _RELEASING.get(self.account.id) is self else None)
         return as_deferred(_wait(self._release_task))
+
+    async def updated(self) -> None:
+        """Wait for this session's UPDATE (QUIT's deletions), if one is committing."""
+        if self._applying is not None:
+            await asyncio.wait([self._applying])
 
     async def _release_now(self) -> None:
         refreshing = self._refreshing
