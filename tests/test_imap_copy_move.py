@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import re
 
-from .test_imap_support import Raw, deliver, message
+from .test_imap_support import Raw, message, selected_inbox
 
 
 def _selected(server, user, count=3):
-    for i in range(count):
-        deliver(server, user, message(f"c{i}"))
-    raw = Raw(server)
-    raw.login(user)
-    raw.ok("SELECT INBOX")
-    return raw
+    return selected_inbox(server, user, count, "c")
 
 
 def test_copy_with_copyuid_keeps_flags(server, user):

@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import re
 
-from .test_imap_support import Raw, deliver, message
+from .test_imap_support import Raw, deliver, message, selected_inbox
 
 
 def _selected(server, user, count=2):
-    for i in range(count):
-        deliver(server, user, message(f"s{i}"))
-    raw = Raw(server)
-    raw.login(user)
-    raw.ok("SELECT INBOX")
-    return raw
+    return selected_inbox(server, user, count, "s")
 
 
 def test_add_remove_replace_and_keywords(server, user):

@@ -118,6 +118,16 @@ class Raw:
             pass
 
 
+def selected_inbox(server, user, count: int, prefix: str) -> "Raw":  # noqa: ANN001
+    """Deliver `count` messages, log in over a raw connection and SELECT INBOX."""
+    for i in range(count):
+        deliver(server, user, message(f"{prefix}{i}"))
+    raw = Raw(server)
+    raw.login(user)
+    raw.ok("SELECT INBOX")
+    return raw
+
+
 def smtp_deliver(server, user, raw: bytes | None = None) -> None:  # noqa: ANN001
     """Deliver through the daemon's own MX listener (in-process events on every backend)."""
     import smtplib
