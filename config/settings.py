@@ -101,7 +101,7 @@ class SmtpSettings(Strict):
     max_commands_before_mail: int = Field(default=30, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
     idle_timeout: float = Field(default=300.0, gt=0)
-    # Dev mode: mail for any address, local or not, is caught into this account.
+    # Dev mode: mail for any address that is not an account here (local or remote) lands in this one.
     catch_all_account: str = ""
 
 
