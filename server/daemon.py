@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from config import ConfigError, Listener, Settings, load_settings
 from storage import MailStore
@@ -291,13 +291,3 @@ def serve(config_file: str | None = None, *, dev: bool = False) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: app.tls.reload() if app.tls else None)
     reactor.run(installSignalHandlers=False)
     return 0
-
-
-async def run_in_process(settings: Settings, *, dev: bool = False) -> App:
-    """Start an App on the running loop (benchmarks); the caller awaits `app.aclose()`."""
-    app = App(settings, dev=dev)
-    await app.start()
-    return app
-
-
-Starter = Callable[[App, str, str, Listener, socket.socket], Awaitable[ListenerHandle]]

@@ -105,9 +105,6 @@ class ChangeBus:
 
         return unsubscribe
 
-    def subscriber_count(self, mailbox_id: int) -> int:
-        return len(self._listeners.get(mailbox_id, ()))
-
     def publish(self, changes: "list[Change] | tuple[Change, ...]") -> None:
         """Deliver committed changes here, and to other nodes when a relay is attached."""
         self.dispatch_local(changes)

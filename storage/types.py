@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -189,17 +189,6 @@ class MailboxIndex:
     #: UIDs this session sees with \\Recent (RFC 3501 §2.3.2): claimed by this select only.
     recent_uids: frozenset[int]
     keywords: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedContent:
-    """The parse cache of one message content, filled once at delivery."""
-
-    content_id: int
-    size: int
-    sha256: str
-    header_size: int
-    cache: dict = field(hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
