@@ -211,7 +211,7 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# ---- issue 6: queue show/retry/delete, dkim generate, dns
+# ---- the outbound queue, DKIM keys and the DNS records to publish
 
 def cmd_queue_item(args: argparse.Namespace, settings: Settings) -> int:
     async def run(store: MailStore) -> None:
@@ -357,7 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     queue_actions = queue.add_subparsers(dest="action", required=True)
     queue_actions.add_parser("list", parents=[common])
     queue.set_defaults(func=cmd_queue)
-    # ---- issue 6
     for action, help_text in (("show", "one item with every recipient"), ("delete", "drop it, no bounce")):
         sub = queue_actions.add_parser(action, parents=[common], help=help_text)
         sub.add_argument("id", type=int)

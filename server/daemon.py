@@ -192,11 +192,9 @@ class App:
             module = modules[module_name]
             self.listeners[name] = await module.start(self, name, role, listener, self._sockets.pop(name))
             log.info("listening: %s on %s:%d (%s)", name, listener.address, self.ports[name], listener.tls.value)
-        # ---- issue 6: outbound delivery worker (+ app.resolver, app.dkim_signer for the MX checks)
+        # The outbound worker also gives app.resolver and app.dkim_signer to the SMTP checks.
         from . import outbound
         self.outbound = outbound.start(self)
-        # ---- end issue 6
-        print("CASELLA-READY " + json.dumps(self.ports), flush=True)
 
     # ------------------------------------------------------------------ stop
 
@@ -206,10 +204,9 @@ class App:
         self._closing = True
         timeout = self.settings.server.shutdown_timeout
         log.info("shutting down (waiting up to %.0fs for in-flight work)", timeout)
-        # ---- issue 6: stop the outbound worker first (it finishes its deliveries, gives back its leases)
+        # The outbound worker goes first: it finishes its deliveries and gives back its leases.
         if getattr(self, "outbound", None) is not None:
             await self.outbound.close(timeout)
-        # ---- end issue 6
         handles = list(self.listeners.values())
         if handles:
             await asyncio.gather(*(h.close(timeout) for h in handles), return_exceptions=True)
@@ -289,5 +286,8 @@ def serve(config_file: str | None = None, *, dev: bool = False) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: app.tls.reload() if app.tls else None)
+    # Announced only once SIGTERM is ours: a supervisor (or a test) that stops us right after
+    # this line must get a clean shutdown, not the default action that kills mid-write.
+    print("CASELLA-READY " + json.dumps(app.ports), flush=True)
     reactor.run(installSignalHandlers=False)
     return 0

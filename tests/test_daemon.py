@@ -113,7 +113,8 @@ def test_json_logs(tmp_path):
     import json
 
     server = CasellaServer(str(tmp_path), env={"CASELLA_SERVER__LOG_FORMAT": "json"})
-    server.stop()
+    # Stopped straight after the ready line: the signal must already be handled by then.
+    assert server.stop() == 0, server.log_text()
     lines = [line for line in server.log_text().splitlines() if line.startswith("{")]
     assert lines, server.log_text()
     records = [json.loads(line) for line in lines]
