@@ -625,8 +625,7 @@ class MailStore:
         return set(s.scalars(select(SubscriptionRow.name).where(SubscriptionRow.account_id == account_id)))
 
     def _is_subscribed(self, s: Session, account_id: int, name: str) -> bool:
-        return s.scalar(select(SubscriptionRow.id).where(
-            SubscriptionRow.account_id == account_id, SubscriptionRow.name == name)) is not None
+        return s.connection().execute(q.IS_SUBSCRIBED, {"account_id": account_id, "name": name}).first() is not None
 
     def _subscribe(self, s: Session, account_id: int, name: str) -> None:
         if not self._is_subscribed(s, account_id, name):
@@ -649,8 +648,7 @@ class MailStore:
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = normalize_mailbox_name(name)
         def read(s: Session):
-            row = (s.execute(select(MailboxRow).where(
-                MailboxRow.account_id == account_id, MailboxRow.name == name))).scalar_one_or_none()
+            row = s.connection().execute(q.MAILBOX_BY_NAME, {"account_id": account_id, "name": name}).first()
             return _mailbox(row, self._is_subscribed(s, account_id, name)) if row else None
         return await self._read(read)
 
@@ -709,7 +707,7 @@ class MailStore:
             raise Forbidden("cannot rename a mailbox into itself or its own child")
 
         def op(s: Session):
-            source = self._mailbox_row(s, account_id, old)
+            source = s.get(MailboxRow, self._mailbox_row(s, account_id, old).id)  # changed below, as ORM
             names = set((s.scalars(select(MailboxRow.name).where(MailboxRow.account_id == account_id))).all())
             if new in names:
                 raise MailboxExists(f"mailbox {new} already exists")
@@ -805,16 +803,15 @@ class MailStore:
             return tuple([self._status(s, row, row.name in subscribed) for row in rows])
         return await self._read(read)
 
-    def _mailbox_row(self, s: Session, account_id: int, name: str) -> MailboxRow:
-        row = (s.execute(select(MailboxRow).where(
-            MailboxRow.account_id == account_id, MailboxRow.name == name))).scalar_one_or_none()
+    def _mailbox_row(self, s: Session, account_id: int, name: str) -> Any:
+        """The mailbox's columns (a read-only row, not an ORM object)."""
+        row = s.connection().execute(q.MAILBOX_BY_NAME, {"account_id": account_id, "name": name}).first()
         if row is None:
             raise NoSuchMailbox(f"no mailbox {name}")
         return row
 
-    def _owned_mailbox(self, s: Session, account_id: int, mailbox_id: int) -> MailboxRow:
-        row = (s.execute(select(MailboxRow).where(
-            MailboxRow.id == mailbox_id, MailboxRow.account_id == account_id))).scalar_one_or_none()
+    def _owned_mailbox(self, s: Session, account_id: int, mailbox_id: int) -> Any:
+        row = s.connection().execute(q.MAILBOX_OWNED, {"mailbox_id": mailbox_id, "account_id": account_id}).first()
         if row is None:
             raise NoSuchMailbox("no such mailbox")
         return row
@@ -878,14 +875,12 @@ class MailStore:
         if not readonly:
             def claim(s: Session):
                 row = self._mailbox_row(s, account_id, name)
+                conn = s.connection()
                 # Row lock: a concurrent SELECT or claim_recent must not hand out the same
                 # \\Recent UIDs (RFC 3501 §2.3.2); on PostgreSQL the plain read raced.
-                first_recent, uidnext = s.execute(
-                    select(MailboxRow.first_recent_uid, MailboxRow.uidnext)
-                    .where(MailboxRow.id == row.id).with_for_update()).one()
+                first_recent, uidnext, _ = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": row.id}).one()
                 if uidnext > first_recent:
-                    s.execute(update(MailboxRow).where(MailboxRow.id == row.id)
-                                    .values(first_recent_uid=uidnext))
+                    conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": row.id, "first_recent_uid": uidnext})
                 return (first_recent, uidnext), []
 
             recent_from, recent_to = await self._write(claim)
@@ -955,15 +950,14 @@ class MailStore:
         at most one session. The row lock orders concurrent claims on PostgreSQL.
         """
         def op(s: Session):
-            row = s.execute(select(MailboxRow.first_recent_uid, MailboxRow.account_id)
-                            .where(MailboxRow.id == mailbox_id).with_for_update()).one_or_none()
+            conn = s.connection()
+            row = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": mailbox_id}).first()
             if row is None or row.account_id != account_id:
                 raise NoSuchMailbox("no such mailbox")
             first = row.first_recent_uid
             if up_to_uid < first:
                 return (first, first), []
-            s.execute(update(MailboxRow).where(MailboxRow.id == mailbox_id)
-                      .values(first_recent_uid=up_to_uid + 1))
+            conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": mailbox_id, "first_recent_uid": up_to_uid + 1})
             return (first, up_to_uid + 1), []
 
         return await self._write(op)
@@ -1136,12 +1130,11 @@ class MailStore:
 
         def op(s: Session):
             self._owned_mailbox(s, account_id, mailbox_id)
-            query = select(MailboxMessageRow.uid, MailboxMessageRow.message_id, MailboxMessageRow.size).where(
-                MailboxMessageRow.mailbox_id == mailbox_id,
-                MailboxMessageRow.flags.op("&")(int(Flag.DELETED)) != 0)
+            entries = s.connection().execute(q.DELETED_ENTRIES, {
+                "mailbox_id": mailbox_id, "deleted_flag": int(Flag.DELETED)}).all()
             if uids is not None:
-                query = query.where(MailboxMessageRow.uid.in_(list(uids)))
-            entries = (s.execute(query.order_by(MailboxMessageRow.uid))).all()
+                wanted = set(uids)
+                entries = [entry for entry in entries if entry.uid in wanted]
             if not entries:
                 return (), []
             change = self._expunge_uids(s, mailbox_id, [e.uid for e in entries])
