@@ -245,6 +245,13 @@ class MailStore:
         self._auth_cache_seconds = auth_cache_seconds
         self._auth_cache: dict[str, tuple[bytes, float, Account]] = {}
         self._auth_key = os.urandom(32)
+        # \Recent claims (RFC 3501 §2.3.2). Every session with a mailbox selected hears of each new
+        # message and tries to claim it; only one can win. first_recent_uid only grows, so a value
+        # this process saw committed stays a lower bound, and a claim in flight here for higher UIDs
+        # settles the question: the losers need no write of their own (10 sessions on one INBOX
+        # made 10 writes per APPEND before this).
+        self._recent_floor: dict[int, int] = {}
+        self._recent_inflight: dict[int, tuple[int, asyncio.Future]] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -881,9 +888,10 @@ class MailStore:
                 first_recent, uidnext, _ = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": row.id}).one()
                 if uidnext > first_recent:
                     conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": row.id, "first_recent_uid": uidnext})
-                return (first_recent, uidnext), []
+                return (first_recent, uidnext, row.id), []
 
-            recent_from, recent_to = await self._write(claim)
+            recent_from, recent_to, mailbox_id = await self._write(claim)
+            self._raise_recent_floor(mailbox_id, max(recent_from, recent_to))
         return recent_from, recent_to
 
     async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,
@@ -960,7 +968,30 @@ class MailStore:
             conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": mailbox_id, "first_recent_uid": up_to_uid + 1})
             return (first, up_to_uid + 1), []
 
-        return await self._write(op)
+        floor = self._recent_floor.get(mailbox_id, 0)
+        if up_to_uid < floor:
+            return (floor, floor)
+        inflight = self._recent_inflight.get(mailbox_id)
+        if inflight is not None and inflight[0] >= up_to_uid:
+            # Another session here is claiming at least these UIDs: whatever it wins, we do not.
+            await asyncio.shield(inflight[1])
+            floor = self._recent_floor.get(mailbox_id, 0)
+            if up_to_uid < floor:
+                return (floor, floor)
+        done = asyncio.get_running_loop().create_future()
+        self._recent_inflight[mailbox_id] = (up_to_uid, done)
+        try:
+            first, end = await self._write(op)
+            self._raise_recent_floor(mailbox_id, end)
+            return first, end
+        finally:
+            if self._recent_inflight.get(mailbox_id, (0, None))[1] is done:
+                del self._recent_inflight[mailbox_id]
+            done.set_result(None)
+
+    def _raise_recent_floor(self, mailbox_id: int | None, first_recent_uid: int) -> None:
+        if mailbox_id is not None and first_recent_uid > self._recent_floor.get(mailbox_id, 0):
+            self._recent_floor[mailbox_id] = first_recent_uid
 
     # ---------------------------------------------------------------- writing messages
 

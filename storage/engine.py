@@ -136,7 +136,8 @@ class SqliteDatabase(Database):
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:  # noqa: ANN001
-            conn.exec_driver_sql(begin)
+            # Straight on the driver: through exec_driver_sql this cost ~13 µs of every operation.
+            conn.connection.driver_connection.execute(begin)
 
         return engine
 

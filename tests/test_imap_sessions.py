@@ -101,6 +101,24 @@ def test_recent_claimed_by_one_session_only(server, user):
         raw.close()
 
 
+def test_recent_split_among_many_sessions(server, user):
+    """Every new message is \\Recent in exactly one of several selected sessions (the claims of
+    one process are settled in memory; the losers make no write)."""
+    sessions = [Raw(server) for _ in range(4)]
+    for raw in sessions:
+        raw.login(user)
+        raw.ok("SELECT INBOX")
+    for n in range(6):
+        deliver(server, user, message(f"many{n}"))
+    claimed: list[int] = []
+    for raw in sessions:
+        raw.ok("NOOP")
+        claimed += [int(uid) for uid in raw.ok("UID SEARCH RECENT")[0].split()[2:]]
+    assert sorted(claimed) == list(range(1, 7))
+    for raw in sessions:
+        raw.close()
+
+
 def test_pop3_style_deletion_seen_as_expunge(server, user):
     from storage.types import Pop3DeletePolicy
 
