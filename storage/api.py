@@ -645,11 +645,16 @@ class MailStore:
         return await self._read(read)
 
     async def list_mailboxes(self, account_id: int) -> tuple[MailboxInfo, ...]:
+        return (await self.list_mailboxes_and_subscriptions(account_id))[0]
+
+    async def list_mailboxes_and_subscriptions(self, account_id: int) -> tuple[tuple[MailboxInfo, ...],
+                                                                               tuple[str, ...]]:
+        """LIST/LSUB's one read: the mailboxes (by name) and every subscribed name, sorted."""
         def read(s: Session):
-            rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
-                                    .order_by(MailboxRow.name))).scalars().all()
-            subscribed = self._subscriptions(s, account_id)
-            return tuple(_mailbox(r, r.name in subscribed) for r in rows)
+            conn = s.connection()
+            subscribed = {name for name, in conn.execute(q.SUBSCRIBED_NAMES, {"account_id": account_id})}
+            rows = conn.execute(q.MAILBOXES_OF_ACCOUNT, {"account_id": account_id}).all()
+            return tuple(_mailbox(r, r.name in subscribed) for r in rows), tuple(sorted(subscribed))
         return await self._read(read)
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
@@ -792,20 +797,16 @@ class MailStore:
             return self._status(s, row, self._is_subscribed(s, account_id, name))
         return await self._read(read)
 
-    def _status(self, s: Session, row: MailboxRow, subscribed: bool) -> MailboxStatus:
-        counts = (s.execute(select(
-            func.count(),
-            func.coalesce(func.sum((MailboxMessageRow.flags.op("&")(int(Flag.SEEN)) == 0).cast(_Int)), 0),
-            func.coalesce(func.sum((MailboxMessageRow.uid >= row.first_recent_uid).cast(_Int)), 0),
-            func.coalesce(func.sum(MailboxMessageRow.size), 0),
-        ).where(MailboxMessageRow.mailbox_id == row.id))).one()
+    def _status(self, s: Session, row: Any, subscribed: bool) -> MailboxStatus:
+        counts = s.connection().execute(q.MAILBOX_COUNTS, {
+            "mailbox_id": row.id, "seen_flag": int(Flag.SEEN), "first_recent_uid": row.first_recent_uid}).one()
         return MailboxStatus(_mailbox(row, subscribed), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
 
     async def list_status(self, account_id: int) -> tuple[MailboxStatus, ...]:
         """STATUS of every mailbox of the account in one read (LIST-STATUS, RFC 5819)."""
         def read(s: Session):
-            rows = (s.execute(select(MailboxRow).where(MailboxRow.account_id == account_id)
-                                    .order_by(MailboxRow.name))).scalars().all()
+            conn = s.connection()
+            rows = conn.execute(q.MAILBOXES_OF_ACCOUNT, {"account_id": account_id}).all()
             subscribed = self._subscriptions(s, account_id)
             return tuple([self._status(s, row, row.name in subscribed) for row in rows])
         return await self._read(read)
@@ -831,7 +832,7 @@ class MailStore:
         Every entry as a MessageMeta: for tools and tests. IMAP uses the lean `select_index`.
         """
         name = normalize_mailbox_name(name)
-        recent_from, recent_to = await self._claim_select_recent(account_id, name, readonly)
+        recent_from, recent_to, _ = await self._claim_select_recent(account_id, name, readonly)
         def read(s: Session):
             row = self._mailbox_row(s, account_id, name)
             rows = (s.execute(select(*_META_COLUMNS).where(MailboxMessageRow.mailbox_id == row.id)
@@ -844,16 +845,25 @@ class MailStore:
 
     # ---- imap (issue 5): the lean SELECT
 
-    async def select_index(self, account_id: int, name: str, *, readonly: bool = False) -> MailboxIndex:
+    async def select_index(self, account_id: int, name: str, *, readonly: bool = False,
+                           located: Callable[[int], None] | None = None) -> MailboxIndex:
         """SELECT/EXAMINE for IMAP: UIDs, flags and modseq as arrays, keywords only where set.
 
-        Same \\Recent claim as `select`; sizes and dates are left to `fetch`.
+        Same \\Recent claim as `select`; sizes and dates are left to `fetch`. `located(mailbox_id)`
+        is called once the mailbox is found and before its index is read, so a session can start
+        listening for changes first and miss none.
         """
         name = normalize_mailbox_name(name)
-        recent_from, recent_to = await self._claim_select_recent(account_id, name, readonly)
+        recent_from, recent_to, mailbox_id = await self._claim_select_recent(account_id, name, readonly)
+        if located is not None:
+            if mailbox_id is None:
+                mailbox_id = await self._read(lambda s: self._mailbox_row(s, account_id, name).id)
+            located(mailbox_id)
 
         def read(s: Session):
             row = self._mailbox_row(s, account_id, name)
+            if mailbox_id is not None and row.id != mailbox_id:
+                raise NoSuchMailbox(f"no mailbox {name}")  # deleted and made anew meanwhile
             conn = s.connection()
             uids, flags, modseqs = array("q"), array("q"), array("q")
             joined = conn.execute(q.MAILBOX_INDEX, {"mailbox_id": row.id}).one()
@@ -876,9 +886,12 @@ class MailStore:
                                 message_keywords, recent, tuple(keywords))
         return await self._read(read)
 
-    async def _claim_select_recent(self, account_id: int, name: str, readonly: bool) -> tuple[int | None, int]:
+    async def _claim_select_recent(self, account_id: int, name: str,
+                                   readonly: bool) -> tuple[int | None, int, int | None]:
+        """([first, end) of the \\Recent UIDs claimed, the mailbox id); nothing when read-only."""
         recent_from: int | None = None
         recent_to = 0
+        mailbox_id: int | None = None
         if not readonly:
             def claim(s: Session):
                 row = self._mailbox_row(s, account_id, name)
@@ -892,7 +905,7 @@ class MailStore:
 
             recent_from, recent_to, mailbox_id = await self._write(claim)
             self._raise_recent_floor(mailbox_id, max(recent_from, recent_to))
-        return recent_from, recent_to
+        return recent_from, recent_to, mailbox_id
 
     async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,
                     cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
@@ -901,22 +914,16 @@ class MailStore:
             return ()
         def read(s: Session):
             self._owned_mailbox(s, account_id, mailbox_id)
-            columns = [*_META_COLUMNS, MessageRow.header_size]
-            if cache:
-                columns.append(MessageRow.parse_cache)
-            if raw:
-                columns.append(MessageRow.raw)
+            conn = s.connection()
             results = []
             uid_list = sorted(set(uids))
             for start in range(0, len(uid_list), 5000):
                 chunk = uid_list[start:start + 5000]
-                query = (select(*columns).join(MessageRow, MessageRow.id == MailboxMessageRow.message_id)
-                         .where(MailboxMessageRow.mailbox_id == mailbox_id))
-                if len(chunk) == uid_list[-1] - uid_list[0] + 1 and len(uid_list) == len(chunk):
-                    query = query.where(MailboxMessageRow.uid.between(chunk[0], chunk[-1]))
-                else:
-                    query = query.where(MailboxMessageRow.uid.in_(chunk))
-                for row in (s.execute(query.order_by(MailboxMessageRow.uid))).all():
+                contiguous = len(chunk) == uid_list[-1] - uid_list[0] + 1 and len(uid_list) == len(chunk)
+                query = q.fetch_entries(cache, raw, contiguous)
+                params = ({"mailbox_id": mailbox_id, "lo": chunk[0], "hi": chunk[-1]} if contiguous
+                          else {"mailbox_id": mailbox_id, "uids": chunk})
+                for row in conn.execute(query, params).all():
                     index = len(_META_COLUMNS) + 1
                     parse_cache = row[index] if cache else None
                     index += 1 if cache else 0

@@ -7,7 +7,9 @@ which is what lets group commit reach its delivery-rate goal.
 """
 from __future__ import annotations
 
+import functools
 from sqlalchemy import String, bindparam, cast, func, insert, select, update
+from sqlalchemy import Select, case  # FETCH variants and STATUS counts
 
 from .models import AccountRow, MailboxMessageRow, MailboxRow, MessageRow, SubscriptionRow
 
@@ -109,3 +111,35 @@ DELETED_ENTRIES = (select(entries.c.uid, entries.c.message_id, entries.c.size)
                    .where(entries.c.mailbox_id == bindparam("mailbox_id"),
                           entries.c.flags.op("&")(bindparam("deleted_flag")) != 0)
                    .order_by(entries.c.uid))
+
+
+@functools.cache
+def fetch_entries(with_cache: bool, with_raw: bool, contiguous: bool) -> Select:
+    """FETCH's read: entry columns, header size, optionally the parse cache and the bytes, for
+    a UID range (`lo`..`hi`) or a list (`uids`), in UID order. One statement per variant, built once."""
+    columns = [*ENTRY_META_COLUMNS, messages.c.header_size]
+    if with_cache:
+        columns.append(messages.c.parse_cache)
+    if with_raw:
+        columns.append(messages.c.raw)
+    query = (select(*columns).join(messages, messages.c.id == entries.c.message_id)
+             .where(entries.c.mailbox_id == bindparam("mailbox_id")))
+    if contiguous:
+        query = query.where(entries.c.uid.between(bindparam("lo"), bindparam("hi")))
+    else:
+        query = query.where(entries.c.uid.in_(bindparam("uids", expanding=True)))
+    return query.order_by(entries.c.uid)
+
+
+MAILBOXES_OF_ACCOUNT = select(*_MAILBOX_COLUMNS).where(mailboxes.c.account_id == bindparam("account_id")) \
+    .order_by(mailboxes.c.name)
+
+SUBSCRIBED_NAMES = select(subscriptions.c.name).where(subscriptions.c.account_id == bindparam("account_id"))
+
+# STATUS counts (RFC 3501 §6.3.10): messages, unseen, recent, bytes.
+MAILBOX_COUNTS = select(
+    func.count(),
+    func.coalesce(func.sum(case((entries.c.flags.op("&")(bindparam("seen_flag")) == 0, 1), else_=0)), 0),
+    func.coalesce(func.sum(case((entries.c.uid >= bindparam("first_recent_uid"), 1), else_=0)), 0),
+    func.coalesce(func.sum(entries.c.size), 0),
+).where(entries.c.mailbox_id == bindparam("mailbox_id"))

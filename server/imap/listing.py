@@ -102,11 +102,11 @@ async def run_list(session, args, *, lsub: bool) -> None:  # noqa: ANN001
         session.send(b"* " + verb + b' (\\Noselect) "/" ""')
         return
     regexes = [pattern_regex(_decode_pattern(reference + pattern)) for pattern in patterns]
-    mailboxes = await session.store.list_mailboxes(session.account.id)
+    # Subscriptions are names of their own: they outlive a deleted mailbox (RFC 3501 §6.3.6).
+    mailboxes, subscribed_names = await session.store.list_mailboxes_and_subscriptions(session.account.id)
     existing = {mb.name: mb for mb in mailboxes}
     names = list(existing)
-    # Subscriptions are names of their own: they outlive a deleted mailbox (RFC 3501 §6.3.6).
-    subscribed = set(await session.store.list_subscriptions(session.account.id))
+    subscribed = set(subscribed_names)
 
     def has_children(name: str) -> bool:
         prefix = name + DELIMITER

@@ -687,13 +687,15 @@ class ImapSession(IMAP4Server):
             self._close_mailbox()
             self.send(b"* OK [CLOSED] Previous mailbox closed")
         self.state = "auth"
-        info = await self.store.get_mailbox(self.account.id, name)
-        if info is None:
-            raise NoSuchMailbox(f"no mailbox {name}")
         self._early = []
-        self._unsubscribe = self.store.bus.subscribe(info.id, self._on_change)
+
+        def listen(mailbox_id: int) -> None:
+            # Before the index is read: a change committed in between reaches the session twice
+            # at worst (the view ignores what it has), never not at all.
+            self._unsubscribe = self.store.bus.subscribe(mailbox_id, self._on_change)
+
         try:
-            snapshot = await self.store.select_index(self.account.id, name, readonly=readonly)
+            snapshot = await self.store.select_index(self.account.id, name, readonly=readonly, located=listen)
         except BaseException:
             self._close_mailbox()
             raise
