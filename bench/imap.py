@@ -14,19 +14,41 @@ measures over a raw socket (client parsing kept out of the figures):
 Targets from the issue: SELECT < 0.1 s and FETCH (UID FLAGS) < 1 s on 100,000
 messages; < 30 KB per IDLE connection; push p99 < 100 ms.
 
+Then, where Dovecot's `imaptest` is installed (/usr/local/bin/imaptest or on
+PATH; see docs/STATUS.md), imaptest stress side by side with Dovecot in the same
+run, because the machines are shared and noisy: a fresh `casella serve --dev` and
+a throw-away Dovecot (`dovecot` on PATH, e.g. Debian's dovecot-imapd, started by
+the bench on a free loopback port with a config it writes to a temporary
+directory: plaintext LOGIN, a maildir, Dovecot's defaults otherwise) take turns,
+Casella then Dovecot, --stress-rounds times, each run `clients=10 secs=N` with
+the default profile and with `logout=0`, on a fresh user and the same mbox.
+Commands/s is the sum of imaptest's "Totals:" counts over secs; the bench prints
+every run, the medians, the ratios Casella/Dovecot, server CPU per command, the
+load average and any Error:/BUG:/Panic: line imaptest printed. Targets from the
+issue: default profile ratio >= 1 (Dovecot: about 1,200 commands/s here),
+logout=0 ratio >= 0.5 (Dovecot: about 7,900). Without `dovecot` the Dovecot
+half is skipped, saying so.
+
     python bench/imap.py [--messages 100000] [--idle 1000] [--backend sqlite|postgres]
+    python bench/imap.py --stress [--stress-secs 20] [--stress-rounds 3]   # the stress section alone
+    python bench/imap.py --no-stress                                       # everything but
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import os
+import pwd
 import random
+import re
 import resource
 import shutil
+import signal
 import smtplib
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -296,6 +318,304 @@ async def main_async(args: argparse.Namespace) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# --- imaptest stress, Casella and Dovecot side by side -------------------------------------------
+
+IMAPTEST_TESTS = os.environ.get("CASELLA_IMAPTEST_TESTS", "")
+STRESS_MODES = (("default", []), ("logout=0", ["logout=0"]))
+#: Dovecot's figures quoted in the issue, and the share of them Casella should reach, per mode.
+ISSUE_TARGETS = {"default": (1200, 1.0), "logout=0": (7900, 0.5)}
+PROBLEM_LINE = re.compile(r"^(Error|BUG|Panic|Fatal):")
+
+
+def imaptest_binary() -> str | None:
+    if os.access("/usr/local/bin/imaptest", os.X_OK):
+        return "/usr/local/bin/imaptest"
+    return shutil.which("imaptest")
+
+
+def imaptest_mbox(binary: str) -> str | None:
+    base = os.path.dirname(os.path.realpath(binary))
+    for directory in (IMAPTEST_TESTS, os.path.join(base, "..", "share", "imaptest", "tests"),
+                      os.path.join(base, "tests"), os.path.join(base, "..", "src", "tests")):
+        path = os.path.join(directory, "default.mbox")
+        if directory and os.path.exists(path):
+            return os.path.normpath(path)
+    return None
+
+
+def dovecot_binary() -> str | None:
+    # Debian puts it in /usr/sbin, which is not on every user's PATH.
+    return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_greeting(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(200).startswith(b"* OK"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("no IMAP greeting")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process tree: the living processes' own time, plus what each has reaped.
+
+    Dovecot forks a process per login and per session; when they exit their time moves into
+    their parent's cutime/cstime, so a before/after difference of this sum is the tree's work.
+    """
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        times[pid] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Dovecot:
+    """A throw-away Dovecot on a free loopback port, everything under one temporary directory.
+
+    Dovecot's defaults otherwise (fsync, index files, login processes), so the comparison is fair;
+    passwords are {PLAIN} in a passwd-file and mail is a maildir per user.
+    """
+
+    def __init__(self, binary: str, workdir: str, users: list[str], password: str) -> None:
+        self.binary, self.workdir = binary, workdir
+        self.port = free_port()
+        self.conf = os.path.join(workdir, "dovecot.conf")
+        self.log_path = os.path.join(workdir, "dovecot.log")
+        mail = os.path.join(workdir, "mail")
+        for directory in ("base", "state", "mail"):
+            os.makedirs(os.path.join(workdir, directory), exist_ok=True)
+        os.chmod(workdir, 0o755)  # login and mail processes run as other users when we are root
+        if os.geteuid() == 0:
+            # Dovecot refuses root for its own processes and for mail; Debian's package creates
+            # dovecot and dovenull, and nobody owns the mail.
+            internal, login, mail_user = "dovecot", "dovenull", "nobody"
+            for name in (internal, login):
+                pwd.getpwnam(name)
+        else:
+            internal = login = mail_user = pwd.getpwuid(os.geteuid()).pw_name
+        entry = pwd.getpwnam(mail_user)
+        os.chown(mail, entry.pw_uid, entry.pw_gid)
+        internal_group = grp.getgrgid(pwd.getpwnam(internal).pw_gid).gr_name
+        with open(os.path.join(workdir, "users"), "w") as handle:
+            handle.writelines(f"{user}:{{PLAIN}}{password}::::::\n" for user in users)
+        with open(self.conf, "w") as handle:
+            handle.write(f"""# written by bench/imap.py
+instance_name = casella-bench-{os.path.basename(workdir)}
+base_dir = {workdir}/base
+state_dir = {workdir}/state
+log_path = {self.log_path}
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+default_internal_user = {internal}
+default_internal_group = {internal_group}
+default_login_user = {login}
+first_valid_uid = {min(entry.pw_uid, 500)}
+first_valid_gid = {min(entry.pw_gid, 500)}
+mail_location = maildir:{mail}/%u
+passdb {{
+  driver = passwd-file
+  args = {workdir}/users
+}}
+userdb {{
+  driver = static
+  args = uid={entry.pw_uid} gid={entry.pw_gid} home={mail}/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+""")
+        self.output = open(os.path.join(workdir, "dovecot.out"), "w")
+        self.process = subprocess.Popen([binary, "-F", "-c", self.conf], stdout=self.output,
+                                        stderr=subprocess.STDOUT)
+        try:
+            wait_greeting(self.port, self.process)
+        except RuntimeError as error:
+            self.stop()
+            check = subprocess.run([binary, "-n", "-c", self.conf], capture_output=True, text=True)
+            raise RuntimeError(f"dovecot did not start ({error}):\n{self.diagnostics()}\n"
+                               f"dovecot -n: {check.stderr.strip()[-2000:]}") from None
+
+    def diagnostics(self) -> str:
+        text = ""
+        for path in (os.path.join(self.workdir, "dovecot.out"), self.log_path):
+            if os.path.exists(path):
+                with open(path, errors="replace") as handle:
+                    text += handle.read()[-2000:]
+        return text
+
+    def log_problems(self) -> list[str]:
+        if not os.path.exists(self.log_path):
+            return []
+        with open(self.log_path, errors="replace") as handle:
+            return [line.rstrip() for line in handle if re.search(r" (Error|Fatal|Panic): ", line)]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # the master stops its children before it exits
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+
+
+def run_imaptest(binary: str, port: int, user: str, password: str, mbox: str, clients: int, secs: int,
+                 extra: list[str]) -> dict:
+    command = [binary, "host=127.0.0.1", f"port={port}", f"user={user}", f"pass={password}",
+               f"mbox={mbox}", f"clients={clients}", f"secs={secs}", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=secs + 300)
+    output = result.stdout + result.stderr
+    lines = output.splitlines()
+    counts: list[int] = []
+    if "Totals:" in lines:
+        # The command names line, one or two lines of percentages, then the counts.
+        for line in lines[lines.index("Totals:") + 2:]:
+            if line.split() and all(field.isdigit() for field in line.split()):
+                counts = [int(field) for field in line.split()]
+                break
+    return {"returncode": result.returncode, "total": sum(counts), "rate": sum(counts) / secs,
+            "problems": [line for line in lines if PROBLEM_LINE.match(line)], "parsed": bool(counts),
+            "tail": output[-1500:]}
+
+
+async def add_stress_users(database_url: str, users: list[str], password: str) -> None:
+    store = await MailStore.open(database_url, auth_cache_seconds=0)
+    try:
+        if not await store.is_local_domain(DOMAIN):
+            await store.add_domain(DOMAIN)
+        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        for user in users:
+            await store.add_account(user, password_hash=hashed)
+    finally:
+        await store.close()
+
+
+def loadavg() -> str:
+    return "/".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def stress_bench(args: argparse.Namespace) -> None:
+    imaptest = imaptest_binary()
+    if imaptest is None:
+        print("\nimaptest stress: skipped, imaptest is not installed (/usr/local/bin/imaptest or on PATH; "
+              "see docs/STATUS.md)")
+        return
+    mbox = imaptest_mbox(imaptest)
+    if mbox is None:
+        print("\nimaptest stress: skipped, imaptest's tests/default.mbox not found (set CASELLA_IMAPTEST_TESTS)")
+        return
+    dovecot_path = dovecot_binary()
+    runs_per_server = args.stress_rounds * len(STRESS_MODES)
+    # A fresh user for every run: every run starts from an empty INBOX on both servers.
+    users = [f"stress{index}@{DOMAIN}" for index in range(runs_per_server)]
+    print(f"\nimaptest stress: clients={args.stress_clients} secs={args.stress_secs}, {args.stress_rounds} rounds, "
+          f"mbox {mbox}; load {loadavg()}", flush=True)
+    if dovecot_path is None:
+        print("  Dovecot: skipped, `dovecot` is not on PATH (Debian: apt-get install dovecot-imapd, with its "
+              "service disabled); Casella figures only, no ratios")
+    workdir = tempfile.mkdtemp(prefix="casella-bench-stress-")
+    os.chmod(workdir, 0o755)  # Dovecot's auth and mail processes run as other users when we are root
+    daemon = dovecot = None
+    servers: dict[str, tuple[int, int]] = {}
+    try:
+        os.makedirs(os.path.join(workdir, "casella"))
+        daemon = CasellaServer(os.path.join(workdir, "casella"))
+        asyncio.run(add_stress_users(daemon.database_url, users, PASSWORD))
+        servers["Casella"] = (daemon.ports["imap"], daemon.process.pid)
+        if dovecot_path:
+            version = subprocess.run([dovecot_path, "--version"], capture_output=True, text=True).stdout.strip()
+            dovecot = Dovecot(dovecot_path, os.path.join(workdir, "dovecot"), users, PASSWORD)
+            servers["Dovecot"] = (dovecot.port, dovecot.process.pid)
+            print(f"  Dovecot {version} at {dovecot_path}, port {dovecot.port}; Casella port {daemon.ports['imap']}")
+        results: dict[tuple[str, str], list[dict]] = {}
+        run = 0
+        for round_number in range(args.stress_rounds):
+            for mode, extra in STRESS_MODES:
+                user = users[run]
+                run += 1
+                for name, (port, pid) in servers.items():
+                    load_before, cpu_before = os.getloadavg()[0], tree_cpu_seconds(pid)
+                    result = run_imaptest(imaptest, port, user, PASSWORD, mbox, args.stress_clients,
+                                          args.stress_secs, extra)
+                    result["cpu_ms_per_command"] = (1000 * (tree_cpu_seconds(pid) - cpu_before) / result["total"]
+                                                    if result["total"] else float("nan"))
+                    results.setdefault((name, mode), []).append(result)
+                    note = "" if result["parsed"] else f" (no Totals: block, exit {result['returncode']})"
+                    print(f"  round {round_number + 1} {mode:8s} {name:7s} {result['rate']:7.0f} commands/s "
+                          f"({result['total']} in {args.stress_secs} s), server CPU "
+                          f"{result['cpu_ms_per_command']:.2f} ms/command, load {load_before:.2f}->"
+                          f"{os.getloadavg()[0]:.2f}, {len(result['problems'])} imaptest errors{note}", flush=True)
+                    for line in result["problems"][:5]:
+                        print(f"      {line}")
+                    if not result["parsed"]:
+                        print("      " + result["tail"].replace("\n", "\n      "))
+        print(f"\nimaptest stress medians (clients={args.stress_clients}, secs={args.stress_secs}, "
+              f"{args.stress_rounds} runs each), load {loadavg()}:")
+        for mode, _ in STRESS_MODES:
+            medians = {name: statistics.median(r["rate"] for r in results[(name, mode)]) for name in servers}
+            cpu = {name: statistics.median(r["cpu_ms_per_command"] for r in results[(name, mode)])
+                   for name in servers}
+            line = "  " + mode.ljust(8) + "  " + ", ".join(
+                f"{name} {medians[name]:.0f}/s ({cpu[name]:.2f} ms CPU/command)" for name in servers)
+            if "Dovecot" in medians:
+                dovecot_rate, wanted = ISSUE_TARGETS[mode]
+                ratio = medians["Casella"] / medians["Dovecot"] if medians["Dovecot"] else float("nan")
+                cpu_ratio = cpu["Casella"] / cpu["Dovecot"] if cpu["Dovecot"] else float("nan")
+                line += (f"\n            ratio Casella/Dovecot {ratio:.2f} (target >= {wanted:g}: "
+                         f"{'met' if ratio >= wanted else 'NOT met'}; the issue's Dovecot figure: "
+                         f"~{dovecot_rate}/s), CPU per command Casella/Dovecot {cpu_ratio:.1f}x")
+            print(line)
+        errors = {name: sum(len(r["problems"]) for (who, _), rs in results.items() if who == name for r in rs)
+                  for name in servers}
+        print("  imaptest errors: " + ", ".join(f"{name} {count}" for name, count in errors.items()))
+        casella_log = [line.rstrip() for line in daemon.log_text().splitlines()
+                       if " ERROR " in line or "Traceback" in line]
+        print(f"  server log problems: Casella {len(casella_log)}"
+              + (f", Dovecot {len(dovecot.log_problems())}" if dovecot else ""))
+        for line in casella_log[:5] + (dovecot.log_problems()[:5] if dovecot else []):
+            print(f"      {line}")
+    finally:
+        if dovecot:
+            dovecot.stop()
+        if daemon:
+            daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
@@ -303,7 +623,16 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--rounds", type=int, default=200, help="deliveries timed for push latency")
     parser.add_argument("--repeat", type=int, default=5, help="runs of SELECT and STORE 1:10000 (medians)")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--stress", action="store_true", help="only the imaptest stress section (vs Dovecot)")
+    parser.add_argument("--no-stress", action="store_true", help="skip the imaptest stress section")
+    parser.add_argument("--stress-secs", type=int, default=20, help="seconds per imaptest run")
+    parser.add_argument("--stress-rounds", type=int, default=3, help="imaptest runs per server and profile")
+    parser.add_argument("--stress-clients", type=int, default=10)
+    args = parser.parse_args()
+    if not args.stress:
+        asyncio.run(main_async(args))
+    if not args.no_stress:
+        stress_bench(args)
 
 
 if __name__ == "__main__":
