@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import Integer as _Int
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
 from . import passwords
@@ -47,7 +47,7 @@ from .changes import (
     MessagesExpunged,
     PostgresRelay,
 )
-from .engine import Database, create_database
+from .engine import Batchable, Database, create_database
 from .errors import (
     AlreadyExists,
     Forbidden,
@@ -133,6 +133,22 @@ class DeliveryReport:
 class Pop3Listing:
     uidvalidity: int
     messages: tuple[MessageMeta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _DeliveryJob:
+    """One deliver() call, waiting for the writer with the others of its batch."""
+
+    raw: bytes
+    digest: str
+    header_size: int
+    cache: dict
+    when: datetime
+    targets: list[int]  # account ids, sorted
+    mailbox: str
+    enforce_quota: bool
+    outbound_from: str
+    outbound_to: tuple[str, ...]
 
 
 def normalize_address(address: str) -> str:
@@ -1051,42 +1067,112 @@ class MailStore:
         it for remote recipients, all in one transaction committed before this returns.
 
         An account whose quota the message would exceed is skipped and reported in
-        `over_quota`; the others still get it.
+        `over_quota`; the others still get it. Deliveries waiting together for the
+        group-commit writer are written together (`_deliver_many`).
         """
         digest, header_size, cache = await self._prepare_content(raw)
-        when = internaldate or datetime.now(timezone.utc)
-        targets = sorted(set(account_ids))  # a fixed lock order: no deadlocks between deliveries
-        size = len(raw)
+        job = _DeliveryJob(raw, digest, header_size, cache, internaldate or datetime.now(timezone.utc),
+                           sorted(set(account_ids)), mailbox, enforce_quota, outbound_from or "", tuple(outbound_to))
+        return await self._write(Batchable(self._deliver_many, job))
 
-        def op(s: Session):
-            conn = s.connection()
-            content_id = self._insert_content(s, raw, digest, header_size, cache)
-            deliveries, over_quota, changes, rows = [], [], [], []
-            for account_id in targets:
-                # ---- smtp ingest (issue 3): quota and both candidate mailboxes in one round trip
-                used, quota, mailbox_id, inbox_id = conn.execute(
-                    q.DELIVERY_TARGET, {"account_id": account_id, "name": mailbox}).one()
-                if enforce_quota and quota is not None and used + size > quota:
-                    over_quota.append(account_id)
+    def _deliver_many(self, s: Session, jobs: list["_DeliveryJob"]) -> list[tuple[DeliveryReport, list[Change]]]:
+        """Several deliveries in one transaction with a few statements for all of them.
+
+        The result is what running them one after another gives: the same quota decisions
+        (usage added by an earlier one counts for a later one), UIDs handed out in job order,
+        one content row per job. On PostgreSQL each step is one statement for the whole
+        batch; SQLite runs a statement per row in the writer thread, where they cost little.
+        Each mailbox's MODSEQ goes up once per batch, shared by its new messages (as COPY does).
+        """
+        conn = s.connection()
+        postgres = conn.dialect.name == "postgresql"
+        # 1. usage, quota and target mailbox of every account: one statement per wanted mailbox name.
+        wanted: dict[str, set[int]] = {}
+        for job in jobs:
+            wanted.setdefault(job.mailbox, set()).update(job.targets)
+        targets: dict[tuple[str, int], tuple[int | None, int]] = {}  # (name, account) -> (quota, mailbox)
+        used: dict[int, int] = {}
+        for name, ids in wanted.items():
+            rows = conn.execute(q.DELIVERY_TARGETS_PG if postgres else q.DELIVERY_TARGETS,
+                                {"account_ids": sorted(ids), "name": name}).all()
+            if len(rows) != len(ids):
+                raise NoResultFound("no such account")  # removed meanwhile: that delivery fails alone
+            for account_id, used_bytes, quota, mailbox_id, inbox_id in rows:
+                used[account_id] = used_bytes
+                targets[(name, account_id)] = (quota, inbox_id if mailbox_id is None else mailbox_id)
+        # 2. decide who gets what, in job order, counting the usage earlier jobs add.
+        per_mailbox: dict[int, int] = {}
+        accepted: list[list[tuple[int, int]]] = []  # per job: (account, mailbox)
+        over: list[list[int]] = []
+        for job in jobs:
+            size = len(job.raw)
+            taken, refused = [], []
+            for account_id in job.targets:
+                quota, mailbox_id = targets[(job.mailbox, account_id)]
+                if job.enforce_quota and quota is not None and used[account_id] + size > quota:
+                    refused.append(account_id)
                     continue
-                if mailbox_id is None:
-                    mailbox_id = inbox_id
-                uid, modseq, _ = self._allocate_uids(s, mailbox_id, 1)
+                used[account_id] += size
+                per_mailbox[mailbox_id] = per_mailbox.get(mailbox_id, 0) + 1
+                taken.append((account_id, mailbox_id))
+            accepted.append(taken)
+            over.append(refused)
+        # 3. contents, 4. UIDs (the mailbox row locks, in id order), 5. entries, 6. usage.
+        now = datetime.now(timezone.utc)
+        if postgres:
+            content_ids = sorted(conn.execute(q.INSERT_CONTENTS_PG, {
+                "sha256": [job.digest for job in jobs], "size": [len(job.raw) for job in jobs],
+                "header_size": [job.header_size for job in jobs], "raw": [job.raw for job in jobs],
+                "parse_cache": [job.cache for job in jobs], "created_at": now}).scalars().all())
+        else:
+            content_ids = [self._insert_content(s, job.raw, job.digest, job.header_size, job.cache) for job in jobs]
+        mailbox_ids = sorted(per_mailbox)
+        next_uid: dict[int, tuple[int, int]] = {}  # mailbox -> (next uid to hand out, modseq)
+        if mailbox_ids and postgres:
+            for mailbox_id, uidnext, modseq in conn.execute(q.ALLOCATE_UIDS_PG, {
+                    "mailbox_ids": mailbox_ids, "counts": [per_mailbox[m] for m in mailbox_ids]}):
+                next_uid[mailbox_id] = (uidnext - per_mailbox[mailbox_id], modseq)
+            if len(next_uid) != len(mailbox_ids):
+                raise NoSuchMailbox("no such mailbox")
+        else:
+            for mailbox_id in mailbox_ids:
+                first, modseq, _ = self._allocate_uids(s, mailbox_id, per_mailbox[mailbox_id])
+                next_uid[mailbox_id] = (first, modseq)
+        results: list[tuple[DeliveryReport, list[Change]]] = []
+        rows: list[dict[str, Any]] = []
+        usage: dict[int, int] = {}
+        unused: list[int] = []
+        for job, content_id, taken, refused in zip(jobs, content_ids, accepted, over):
+            size = len(job.raw)
+            deliveries, changes = [], []
+            for account_id, mailbox_id in taken:
+                uid, modseq = next_uid[mailbox_id]
+                next_uid[mailbox_id] = (uid + 1, modseq)
                 rows.append({"mailbox_id": mailbox_id, "uid": uid, "message_id": content_id, "flags": 0,
-                             "keywords": "", "internaldate": when, "modseq": modseq, "size": size})
-                self._add_usage(s, account_id, size)
+                             "keywords": "", "internaldate": job.when, "modseq": modseq, "size": size})
+                usage[account_id] = usage.get(account_id, 0) + size
                 deliveries.append(Delivery(account_id, mailbox_id, uid))
                 changes.append(MessageAdded(mailbox_id, uid, modseq, 0, ()))
-            if rows:
-                conn.execute(q.INSERT_ENTRY, rows)
             queue_id = None
-            if outbound_to:
-                queue_id = self._insert_outbound(s, content_id, outbound_from or "", outbound_to)
-            if not rows and queue_id is None:
-                s.execute(delete(MessageRow).where(MessageRow.id == content_id))
-            return DeliveryReport(content_id, tuple(deliveries), tuple(over_quota), queue_id), changes
-
-        return await self._write(op)
+            if job.outbound_to:
+                queue_id = self._insert_outbound(s, content_id, job.outbound_from, job.outbound_to)
+            elif not taken:
+                unused.append(content_id)
+            results.append((DeliveryReport(content_id, tuple(deliveries), tuple(refused), queue_id), changes))
+        if rows and postgres:
+            conn.execute(q.INSERT_ENTRIES_PG, {column: [row[column] for row in rows] for column in (
+                "mailbox_id", "uid", "message_id", "internaldate", "modseq", "size")})
+        elif rows:
+            conn.execute(q.INSERT_ENTRY, rows)
+        account_ids = sorted(usage)
+        if account_ids and postgres:
+            conn.execute(q.ADD_USAGES_PG, {"account_ids": account_ids, "deltas": [usage[a] for a in account_ids]})
+        else:
+            for account_id in account_ids:
+                self._add_usage(s, account_id, usage[account_id])
+        if unused:
+            s.execute(delete(MessageRow).where(MessageRow.id.in_(unused)))
+        return results
 
     async def append(self, account_id: int, mailbox: str, raw: bytes, *, flags: int = 0,
                      keywords: Sequence[str] = (), internaldate: datetime | None = None) -> AppendResult:

@@ -53,16 +53,49 @@ def retryable(exc: BaseException) -> bool:
     return state in RETRYABLE_SQLSTATES
 
 
+class Batchable:
+    """A write that runs together with its like (same `run_many`) when they sit side by side in a batch.
+
+    `run_many(session, items)` does the work of several callers in a few statements and
+    returns one result per item, in order. Alone, and in a batch's isolated rerun, it
+    runs as a batch of one, so a failure still stays its caller's own.
+    """
+
+    __slots__ = ("run_many", "item")
+
+    def __init__(self, run_many: Callable[[Session, list[Any]], list[Any]], item: Any) -> None:
+        self.run_many = run_many
+        self.item = item
+
+    def __call__(self, session: Session) -> Any:
+        return self.run_many(session, [self.item])[0]
+
+
 def _run_batch(session: Session, fns: list[SessionFn], *, isolate: bool) -> list[Outcome]:
     """Run functions in one transaction.
 
     With `isolate`, each runs in a SAVEPOINT so a failure stays its own. Without it
     (the fast path: two statements fewer per operation) the first failure raises and
-    the caller runs the batch again isolated.
+    the caller runs the batch again isolated. On the fast path a run of neighbouring
+    Batchables with the same `run_many` goes through it in one call.
     """
     if not isolate:
-        return [(fn(session), None) for fn in fns]
-    outcomes: list[Outcome] = []
+        outcomes: list[Outcome] = []
+        start, count = 0, len(fns)
+        while start < count:
+            fn = fns[start]
+            end = start + 1
+            if isinstance(fn, Batchable):
+                while end < count and isinstance(fns[end], Batchable) and fns[end].run_many == fn.run_many:
+                    end += 1
+            if end - start > 1:
+                results = fn.run_many(session, [other.item for other in fns[start:end]])
+                outcomes.extend((result, None) for result in results)
+            else:
+                outcomes.append((fn(session), None))
+            start = end
+        return outcomes
+    outcomes = []
     for fn in fns:
         try:
             with session.begin_nested():

@@ -8,7 +8,23 @@ which is what lets group commit reach its delivery-rate goal.
 from __future__ import annotations
 
 import functools
-from sqlalchemy import String, bindparam, cast, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    any_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy import Select, case  # FETCH variants and STATUS counts
 
 from .models import AccountRow, MailboxMessageRow, MailboxRow, MessageRow, SubscriptionRow
@@ -111,6 +127,60 @@ DELETED_ENTRIES = (select(entries.c.uid, entries.c.message_id, entries.c.size)
                    .where(entries.c.mailbox_id == bindparam("mailbox_id"),
                           entries.c.flags.op("&")(bindparam("deleted_flag")) != 0)
                    .order_by(entries.c.uid))
+
+
+# ---- group commit (issues 3 and 6): many deliveries of one batch in a few statements. On PostgreSQL
+# each statement is a round trip and the batches run one at a time, so per-message statements, not
+# commits, bounded the rate. Arrays (unnest, = ANY) keep one SQL text whatever the batch size, so
+# asyncpg prepares each statement once per connection. The CTEs lock rows in id order
+# (ORDER BY applies before FOR UPDATE), so two processes' batches cannot deadlock on them.
+def _delivery_targets(accounts_where):  # noqa: ANN001, ANN202
+    return select(accounts.c.id, *DELIVERY_TARGET.selected_columns).where(accounts_where)
+
+
+DELIVERY_TARGETS = _delivery_targets(accounts.c.id.in_(bindparam("account_ids", expanding=True)))
+
+_ids = ARRAY(Integer)
+DELIVERY_TARGETS_PG = _delivery_targets(accounts.c.id == any_(bindparam("account_ids", type_=_ids)))
+
+_contents = func.unnest(
+    bindparam("sha256", type_=ARRAY(String)), bindparam("size", type_=ARRAY(BigInteger)),
+    bindparam("header_size", type_=ARRAY(BigInteger)), bindparam("raw", type_=ARRAY(LargeBinary)),
+    bindparam("parse_cache", type_=ARRAY(JSON)),
+).table_valued("sha256", "size", "header_size", "raw", "parse_cache", with_ordinality="n").render_derived()
+# Ids come from the sequence in row order (ORDER BY n); the caller sorts what RETURNING gives back.
+INSERT_CONTENTS_PG = insert(messages).from_select(
+    ["sha256", "size", "header_size", "raw", "parse_cache", "created_at"],
+    select(_contents.c.sha256, _contents.c.size, _contents.c.header_size, _contents.c.raw, _contents.c.parse_cache,
+           bindparam("created_at", type_=DateTime(timezone=True))).order_by(_contents.c.n),
+).returning(messages.c.id)
+
+_locked_mailboxes = (select(mailboxes.c.id).where(mailboxes.c.id == any_(bindparam("mailbox_ids", type_=_ids)))
+                     .order_by(mailboxes.c.id).with_for_update().cte("locked_mailboxes").prefix_with("MATERIALIZED"))
+_uid_counts = func.unnest(bindparam("mailbox_ids", type_=_ids), bindparam("counts", type_=_ids)).table_valued(
+    "id", "n").render_derived()
+ALLOCATE_UIDS_PG = (update(mailboxes).where(mailboxes.c.id == _locked_mailboxes.c.id,
+                                            _uid_counts.c.id == _locked_mailboxes.c.id)
+                    .values(uidnext=mailboxes.c.uidnext + _uid_counts.c.n,
+                            highest_modseq=mailboxes.c.highest_modseq + 1)
+                    .returning(mailboxes.c.id, mailboxes.c.uidnext, mailboxes.c.highest_modseq))
+
+_new_entries = func.unnest(
+    bindparam("mailbox_id", type_=_ids), bindparam("uid", type_=ARRAY(BigInteger)),
+    bindparam("message_id", type_=_ids), bindparam("internaldate", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("modseq", type_=ARRAY(BigInteger)), bindparam("size", type_=ARRAY(BigInteger)),
+).table_valued("mailbox_id", "uid", "message_id", "internaldate", "modseq", "size").render_derived()
+INSERT_ENTRIES_PG = insert(entries).from_select(
+    ["mailbox_id", "uid", "message_id", "flags", "keywords", "internaldate", "modseq", "size"],
+    select(_new_entries.c.mailbox_id, _new_entries.c.uid, _new_entries.c.message_id, literal(0), literal(""),
+           _new_entries.c.internaldate, _new_entries.c.modseq, _new_entries.c.size))
+
+_locked_accounts = (select(accounts.c.id).where(accounts.c.id == any_(bindparam("account_ids", type_=_ids)))
+                    .order_by(accounts.c.id).with_for_update().cte("locked_accounts").prefix_with("MATERIALIZED"))
+_deltas = func.unnest(bindparam("account_ids", type_=_ids), bindparam("deltas", type_=ARRAY(BigInteger))
+                      ).table_valued("id", "delta").render_derived()
+ADD_USAGES_PG = (update(accounts).where(accounts.c.id == _locked_accounts.c.id, _deltas.c.id == _locked_accounts.c.id)
+                 .values(used_bytes=accounts.c.used_bytes + _deltas.c.delta))
 
 
 @functools.cache
