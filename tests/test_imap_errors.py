@@ -90,3 +90,20 @@ def test_line_too_long_says_bye(start_server):
     raw.send(b"x1 NOOP " + b"a" * 5000 + b"\r\n")
     assert raw.line().startswith(b"* BYE")
     raw.close()
+
+
+def test_pipelined_input_beyond_the_backlog_is_all_answered(server, user):
+    """More pipelined input than the server holds while a command runs (1 MB): it stops reading
+    the socket until it catches up, and every command is still answered, in order."""
+    raw = _logged_in(server, user)
+    value = "v" * 50_000
+    commands = 30  # 1.5 MB in one burst
+    raw.send(b"".join(b'p%d ID ("x" "%s")\r\n' % (n, value.encode()) for n in range(commands)))
+    for n in range(commands):
+        while True:
+            line = raw.line()
+            if line.startswith(b"p%d " % n):
+                assert line.startswith(b"p%d OK" % n), line
+                break
+    raw.ok("NOOP")
+    raw.close()

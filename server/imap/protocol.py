@@ -27,7 +27,7 @@ import zlib
 from bisect import bisect_left
 from datetime import timezone
 
-from twisted.internet import interfaces
+from twisted.internet import interfaces, tcp
 from twisted.internet.protocol import Factory
 from twisted.mail.imap4 import IMAP4Server
 
@@ -73,6 +73,8 @@ BYE_TOO_MANY_IP = b"* BYE [UNAVAILABLE] Too many connections from your address"
 BYE_LINE_TOO_LONG = b"* BYE Line too long"
 BYE_SHUTDOWN = b"* BYE [UNAVAILABLE] Server shutting down"
 BYE_MAILBOX_DELETED = b"* BYE Selected mailbox was deleted, have to disconnect"
+#: Pipelined input held while a command runs before the socket itself stops being read.
+_PIPELINE_BACKLOG = 1 << 20
 NO_PRIVACY = b"NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS"
 NO_AUTH_FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed"
 NO_AUTH_LOCKED = b"NO [UNAVAILABLE] Too many failed logins, try again later"
@@ -170,6 +172,7 @@ class ImapSession(IMAP4Server):
         self._claim_upto = 0
         self._deflate = None
         self._inflate = None
+        self._transport_paused = False
 
     # ---------------------------------------------------------------- connection
 
@@ -221,7 +224,23 @@ class ImapSession(IMAP4Server):
         if self._deflate is not None:
             # RFC 4978 §4: each response burst is flushed so the client can decode it at once.
             data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
-        self.transport.write(data)
+        transport = self.transport
+        # Only a plain TCP transport (not TLSMemoryBIOProtocol, which forwards attributes to the socket below).
+        if (type(transport) is tcp.Server and not transport.TLS and transport.connected and not transport.disconnecting
+                and not transport.dataBuffer and not transport._tempDataBuffer):
+            # Twisted queues every write for the next reactor turn (an epoll registration, a wake-up
+            # and a deregistration per response). With nothing queued, send now as asyncio's own
+            # transports do; only what the socket does not take waits for Twisted.
+            try:
+                sent = transport.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # Twisted's own write reports the broken connection
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._inflate is not None:
@@ -232,6 +251,22 @@ class ImapSession(IMAP4Server):
                 self.transport.loseConnection()
                 return
         super().dataReceived(data)
+        if self.paused and not self._transport_paused and len(self._buffer) > _PIPELINE_BACKLOG:
+            self._transport_paused = True
+            self.transport.pauseProducing()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        # Commands run one at a time: while one runs, what the client pipelines waits in our line
+        # buffer. Pausing the transport too would cost two epoll changes per command; it is done
+        # only when a client sends more than _PIPELINE_BACKLOG ahead.
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        if self._transport_paused:
+            self._transport_paused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")
 
     @property
     def tls_active(self) -> bool:
