@@ -218,7 +218,10 @@ class MailboxView:
             self.highest_modseq = max(self.highest_modseq, change.modseq)
             for uid in change.uids:
                 self.gone.add(uid)
-                self.pending_added.pop(uid, None)
+                if self.pending_added.pop(uid, None) is not None:
+                    # Never announced, so it leaves no trace: a \Recent claimed for it meanwhile
+                    # would make RECENT count a message EXISTS never did.
+                    self.recent.discard(uid)
                 if uid in self.entries:
                     self.pending_expunged.add(uid)
         elif isinstance(change, FlagsChanged):
