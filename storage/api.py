@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import Integer as _Int
 from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
@@ -1039,11 +1038,9 @@ class MailStore:
     def _collect_garbage(self, s: Session, content_ids: Iterable[int]) -> None:
         """Delete contents no mailbox entry or queued message refers to any more."""
         ids = list(content_ids)
+        conn = s.connection()
         for start in range(0, len(ids), 500):
-            s.execute(delete(MessageRow).where(
-                MessageRow.id.in_(ids[start:start + 500]),
-                ~exists().where(MailboxMessageRow.message_id == MessageRow.id),
-                ~exists().where(OutboundRow.message_id == MessageRow.id)))
+            conn.execute(q.DELETE_UNREFERENCED_CONTENTS, {"ids": ids[start:start + 500]})
 
     async def _prepare_content(self, raw: bytes) -> tuple[str, int, dict]:
         def work() -> tuple[str, int, dict]:
@@ -1187,9 +1184,9 @@ class MailStore:
             self._check_quota(s, account_id, len(raw))
             content_id = self._insert_content(s, raw, digest, header_size, cache)
             uid, modseq, uidvalidity = self._allocate_uids(s, row.id, 1)
-            s.execute(insert(MailboxMessageRow).values(
-                mailbox_id=row.id, uid=uid, message_id=content_id, flags=flags, keywords=keyword_text,
-                internaldate=when, modseq=modseq, size=len(raw)))
+            s.connection().execute(q.INSERT_ENTRY, {
+                "mailbox_id": row.id, "uid": uid, "message_id": content_id, "flags": flags,
+                "keywords": keyword_text, "internaldate": when, "modseq": modseq, "size": len(raw)})
             self._add_usage(s, account_id, len(raw))
             return AppendResult(uidvalidity, uid), [
                 MessageAdded(row.id, uid, modseq, flags, _keywords_tuple(keyword_text))]
@@ -1241,12 +1238,10 @@ class MailStore:
     def _expunge_uids(self, s: Session, mailbox_id: int, uids: Sequence[int]) -> MessagesExpunged:
         """Remove entries, record tombstones; content and usage handled by the caller."""
         modseq = self._bump_modseq(s, mailbox_id)
+        conn = s.connection()
         for start in range(0, len(uids), 500):
-            chunk = list(uids[start:start + 500])
-            s.execute(delete(MailboxMessageRow).where(
-                MailboxMessageRow.mailbox_id == mailbox_id, MailboxMessageRow.uid.in_(chunk)))
-        s.execute(insert(ExpungeRow), [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq}
-                                             for uid in uids])
+            conn.execute(q.DELETE_ENTRIES_BY_UIDS, {"mailbox_id": mailbox_id, "uids": list(uids[start:start + 500])})
+        conn.execute(q.INSERT_TOMBSTONE, [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids])
         return MessagesExpunged(mailbox_id, tuple(uids), modseq)
 
     async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -1285,13 +1280,14 @@ class MailStore:
             rows = []
             uid_list = sorted(set(uids))
             conn = s.connection()
-            base = select(*q.ENTRY_FLAG_COLUMNS).where(q.entries.c.mailbox_id == mailbox_id)
             if uid_list and uid_list[-1] - uid_list[0] + 1 == len(uid_list):
                 # A contiguous set (STORE 1:*, the usual big case): one range scan, no IN list.
-                rows = conn.execute(base.where(q.entries.c.uid.between(uid_list[0], uid_list[-1]))).all()
+                rows = conn.execute(q.ENTRY_FLAGS_BETWEEN, {
+                    "mailbox_id": mailbox_id, "lo": uid_list[0], "hi": uid_list[-1]}).all()
             else:
                 for start in range(0, len(uid_list), 5000):
-                    rows.extend(conn.execute(base.where(q.entries.c.uid.in_(uid_list[start:start + 5000]))).all())
+                    rows.extend(conn.execute(q.ENTRY_FLAGS_IN, {
+                        "mailbox_id": mailbox_id, "uids": uid_list[start:start + 5000]}).all())
             failed, pending = [], []
             for row in rows:
                 if unchanged_since is not None and row.modseq > unchanged_since:

@@ -25,9 +25,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy import Select, case  # FETCH variants and STATUS counts
+from sqlalchemy import Select, case, delete, exists  # FETCH variants, STATUS counts, expunge
 
-from .models import AccountRow, MailboxMessageRow, MailboxRow, MessageRow, SubscriptionRow
+from .models import AccountRow, ExpungeRow, MailboxMessageRow, MailboxRow, MessageRow, OutboundRow, SubscriptionRow
 
 messages = MessageRow.__table__
 entries = MailboxMessageRow.__table__
@@ -213,3 +213,23 @@ MAILBOX_COUNTS = select(
     func.coalesce(func.sum(case((entries.c.uid >= bindparam("first_recent_uid"), 1), else_=0)), 0),
     func.coalesce(func.sum(entries.c.size), 0),
 ).where(entries.c.mailbox_id == bindparam("mailbox_id"))
+
+
+# ---- imap: the write side of EXPUNGE and STORE (the bulk of imaptest's writes)
+tombstones = ExpungeRow.__table__
+outbound = OutboundRow.__table__
+
+DELETE_ENTRIES_BY_UIDS = delete(entries).where(entries.c.mailbox_id == bindparam("mailbox_id"),
+                                               entries.c.uid.in_(bindparam("uids", expanding=True)))
+
+INSERT_TOMBSTONE = insert(tombstones)
+
+# Contents no mailbox entry or queued message refers to any more.
+DELETE_UNREFERENCED_CONTENTS = delete(messages).where(
+    messages.c.id.in_(bindparam("ids", expanding=True)),
+    ~exists().where(entries.c.message_id == messages.c.id),
+    ~exists().where(outbound.c.message_id == messages.c.id))
+
+_FLAG_ROWS = select(*ENTRY_FLAG_COLUMNS).where(entries.c.mailbox_id == bindparam("mailbox_id"))
+ENTRY_FLAGS_BETWEEN = _FLAG_ROWS.where(entries.c.uid.between(bindparam("lo"), bindparam("hi")))
+ENTRY_FLAGS_IN = _FLAG_ROWS.where(entries.c.uid.in_(bindparam("uids", expanding=True)))
