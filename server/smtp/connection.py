@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import re
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from config import TlsMode
@@ -52,6 +54,33 @@ _READ_CHUNK = 256 * 1024
 # RFC 5321 §4.1.1.4: the mail data ends with <CRLF>.<CRLF> and nothing else (no bare CR or LF forms).
 _END_OF_DATA = b"\r\n.\r\n"
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
+
+
+class _AiosmtpdInspect:
+    """What aiosmtpd.smtp takes from `inspect`, cut to what it needs per connection.
+
+    SMTP.__init__ calls inspect.getmembers() on the protocol and on the handler for every
+    connection only to find the auth_* methods; getmembers reads every attribute and sorts
+    them, a third of a connection's CPU here (~0.27 ms). dir() plus the few auth_* lookups give
+    the same pairs. The EHLO hook's signature is the same for every connection too.
+    """
+
+    @staticmethod
+    def getmembers(obj: Any) -> list[tuple[str, Any]]:
+        return [(name, getattr(obj, name)) for name in dir(obj) if name.startswith("auth_")]
+
+    _signatures: dict[Any, inspect.Signature] = {}
+
+    @classmethod
+    def signature(cls, fn: Any) -> inspect.Signature:
+        key = getattr(fn, "__func__", fn)
+        found = cls._signatures.get(key)
+        if found is None:
+            found = cls._signatures[key] = inspect.signature(fn)
+        return found
+
+
+aiosmtpd.smtp.inspect = _AiosmtpdInspect  # only that module's name; `inspect` elsewhere is untouched
 
 
 class CasellaSession(Session):
