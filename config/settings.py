@@ -72,6 +72,9 @@ class DatabaseSettings(Strict):
     busy_timeout_ms: int = Field(default=10000, ge=0)
     # Verified credentials are cached this long (Dovecot's auth cache); 0 disables.
     auth_cache_seconds: float = Field(default=60.0, ge=0)
+    # Message contents read for IMAP FETCH are kept in memory up to this many MB (0 = off), so a
+    # client fetching the same messages again costs no database read; messages over 1 MB are not kept.
+    content_cache_mb: int = Field(default=64, ge=0)
 
 
 class TlsSettings(Strict):

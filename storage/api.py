@@ -46,6 +46,7 @@ from .changes import (
     MessagesExpunged,
     PostgresRelay,
 )
+from .contentcache import EntryPartsCache
 from .engine import Batchable, Database, create_database
 from .errors import (
     AlreadyExists,
@@ -250,7 +251,8 @@ class MailStore:
     """The one facade over the mailbox database. Create with `await MailStore.open(url)`."""
 
     def __init__(self, db: Database, bus: ChangeBus | None = None, *,
-                 auth_cache_seconds: float = 60.0, group_commit: bool | None = None) -> None:
+                 auth_cache_seconds: float = 60.0, group_commit: bool | None = None,
+                 content_cache_bytes: int = 64 << 20) -> None:
         self.db = db
         self.bus = bus or ChangeBus()
         # Both backends: on PostgreSQL too one transaction per batch beats one per write (storage/writer.py).
@@ -264,9 +266,13 @@ class MailStore:
         # message and tries to claim it; only one can win. first_recent_uid only grows, so a value
         # this process saw committed stays a lower bound, and a claim in flight here for higher UIDs
         # settles the question: the losers need no write of their own (10 sessions on one INBOX
-        # made 10 writes per APPEND before this).
-        self._recent_floor: dict[int, int] = {}
-        self._recent_inflight: dict[int, tuple[int, asyncio.Future]] = {}
+        # made 10 writes per APPEND before this). Keyed by (mailbox id, UIDVALIDITY): SQLite hands a
+        # deleted mailbox's id to the next one created, whose UIDVALIDITY differs (per account it
+        # only grows) and whose account may differ too.
+        self._recent_floor: dict[tuple[int, int], int] = {}
+        self._recent_inflight: dict[tuple[int, int], tuple[int, asyncio.Future]] = {}
+        # IMAP FETCH's immutable reads (storage/contentcache.py).
+        self.content_cache = EntryPartsCache(content_cache_bytes)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -913,22 +919,25 @@ class MailStore:
                 conn = s.connection()
                 # Row lock: a concurrent SELECT or claim_recent must not hand out the same
                 # \\Recent UIDs (RFC 3501 §2.3.2); on PostgreSQL the plain read raced.
-                first_recent, uidnext, _ = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": row.id}).one()
+                first_recent, uidnext = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": row.id}).one()[:2]
                 if uidnext > first_recent:
                     conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": row.id, "first_recent_uid": uidnext})
-                return (first_recent, uidnext, row.id), []
+                return (first_recent, uidnext, row.id, row.uidvalidity), []
 
-            recent_from, recent_to, mailbox_id = await self._write(claim)
-            self._raise_recent_floor(mailbox_id, max(recent_from, recent_to))
+            recent_from, recent_to, mailbox_id, uidvalidity = await self._write(claim)
+            self._raise_recent_floor((mailbox_id, uidvalidity), max(recent_from, recent_to))
         return recent_from, recent_to, mailbox_id
 
-    async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *,
-                    cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
-        """Entries for `uids` (those that still exist), in UID order, with parse cache and/or bytes."""
+    async def fetch(self, account_id: int, mailbox_id: int, uids: Sequence[int], *, cache: bool = False,
+                    raw: bool = False, uidvalidity: int | None = None) -> tuple[FetchedMessage, ...]:
+        """Entries for `uids` (those that still exist), in UID order, with parse cache and/or bytes.
+        With `uidvalidity`, a mailbox that no longer has it raises NoSuchMailbox."""
         if not uids:
             return ()
         def read(s: Session):
-            self._owned_mailbox(s, account_id, mailbox_id)
+            owned = self._owned_mailbox(s, account_id, mailbox_id)
+            if uidvalidity is not None and owned.uidvalidity != uidvalidity:
+                raise NoSuchMailbox("no such mailbox")
             conn = s.connection()
             results = []
             uid_list = sorted(set(uids))
@@ -946,6 +955,39 @@ class MailStore:
                                                   bytes(row[index]) if raw else None))
             return tuple(results)
         return await self._read(read)
+
+    async def fetch_parts(self, account_id: int, mailbox_id: int, uidvalidity: int, uids: Sequence[int], *,
+                          cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
+        """`fetch` for IMAP FETCH, served from memory where it can be (storage/contentcache.py).
+
+        Size, internal date, parse cache and bytes are exact; flags, keywords and modseq in
+        `meta` may be old (the session's view has the current ones). An entry expunged a moment
+        ago may still be returned, as RFC 2180 §4.1.1 allows until the session is told.
+        Kept under (account, mailbox id, UIDVALIDITY): what one account put there is found only
+        by that account (it was read through `fetch`, which checked the owner), and a mailbox id
+        that SQLite gives again to a new mailbox comes with another UIDVALIDITY.
+        """
+        if not uids:
+            return ()
+        found: list[FetchedMessage] = []
+        missing: Sequence[int] = uids
+        incarnation = (account_id, mailbox_id, uidvalidity)
+        if self.content_cache.budget:
+            missing = []
+            for uid in sorted(set(uids)):
+                hit = self.content_cache.get(incarnation, uid, cache=cache, raw=raw)
+                if hit is None:
+                    missing.append(uid)
+                else:
+                    found.append(hit)
+            if not missing:
+                return tuple(found)
+        fetched = await self.fetch(account_id, mailbox_id, missing, cache=cache, raw=raw, uidvalidity=uidvalidity)
+        for message in fetched:
+            self.content_cache.put(incarnation, message)
+        if not found:
+            return fetched
+        return tuple(sorted([*found, *fetched], key=lambda message: message.meta.uid))
 
     async def read_content(self, account_id: int, content_id: int) -> bytes:
         """Raw bytes of one message content the account holds in any mailbox."""
@@ -972,7 +1014,8 @@ class MailStore:
 
     # ---- imap (issue 5): \Recent for messages that arrive while a mailbox is selected
 
-    async def claim_recent(self, account_id: int, mailbox_id: int, up_to_uid: int) -> tuple[int, int]:
+    async def claim_recent(self, account_id: int, mailbox_id: int, up_to_uid: int,
+                           uidvalidity: int) -> tuple[int, int]:
         """Claim \\Recent (RFC 3501 §2.3.2) for the not yet claimed UIDs up to `up_to_uid`.
 
         Returns the claimed UID range [first, end); it is empty when another
@@ -982,7 +1025,7 @@ class MailStore:
         def op(s: Session):
             conn = s.connection()
             row = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": mailbox_id}).first()
-            if row is None or row.account_id != account_id:
+            if row is None or row.account_id != account_id or row.uidvalidity != uidvalidity:
                 raise NoSuchMailbox("no such mailbox")
             first = row.first_recent_uid
             if up_to_uid < first:
@@ -990,30 +1033,31 @@ class MailStore:
             conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": mailbox_id, "first_recent_uid": up_to_uid + 1})
             return (first, up_to_uid + 1), []
 
-        floor = self._recent_floor.get(mailbox_id, 0)
+        key = (mailbox_id, uidvalidity)
+        floor = self._recent_floor.get(key, 0)
         if up_to_uid < floor:
             return (floor, floor)
-        inflight = self._recent_inflight.get(mailbox_id)
+        inflight = self._recent_inflight.get(key)
         if inflight is not None and inflight[0] >= up_to_uid:
             # Another session here is claiming at least these UIDs: whatever it wins, we do not.
             await asyncio.shield(inflight[1])
-            floor = self._recent_floor.get(mailbox_id, 0)
+            floor = self._recent_floor.get(key, 0)
             if up_to_uid < floor:
                 return (floor, floor)
         done = asyncio.get_running_loop().create_future()
-        self._recent_inflight[mailbox_id] = (up_to_uid, done)
+        self._recent_inflight[key] = (up_to_uid, done)
         try:
             first, end = await self._write(op)
-            self._raise_recent_floor(mailbox_id, end)
+            self._raise_recent_floor(key, end)
             return first, end
         finally:
-            if self._recent_inflight.get(mailbox_id, (0, None))[1] is done:
-                del self._recent_inflight[mailbox_id]
+            if self._recent_inflight.get(key, (0, None))[1] is done:
+                del self._recent_inflight[key]
             done.set_result(None)
 
-    def _raise_recent_floor(self, mailbox_id: int | None, first_recent_uid: int) -> None:
-        if mailbox_id is not None and first_recent_uid > self._recent_floor.get(mailbox_id, 0):
-            self._recent_floor[mailbox_id] = first_recent_uid
+    def _raise_recent_floor(self, key: tuple[int, int], first_recent_uid: int) -> None:
+        if first_recent_uid > self._recent_floor.get(key, 0):
+            self._recent_floor[key] = first_recent_uid
 
     # ---------------------------------------------------------------- writing messages
 

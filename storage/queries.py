@@ -117,7 +117,8 @@ IS_SUBSCRIBED = select(subscriptions.c.id).where(subscriptions.c.account_id == b
                                                  subscriptions.c.name == bindparam("name"))
 
 # The row lock orders concurrent \Recent claims on PostgreSQL (SQLite has one writer anyway).
-RECENT_CLAIM_STATE = (select(mailboxes.c.first_recent_uid, mailboxes.c.uidnext, mailboxes.c.account_id)
+RECENT_CLAIM_STATE = (select(mailboxes.c.first_recent_uid, mailboxes.c.uidnext, mailboxes.c.account_id,
+                             mailboxes.c.uidvalidity)
                       .where(mailboxes.c.id == bindparam("mailbox_id")).with_for_update())
 
 SET_FIRST_RECENT = (update(mailboxes).where(mailboxes.c.id == bindparam("mailbox_id"))

@@ -68,3 +68,19 @@ async def test_two_hundred_concurrent_deliveries_across_ten_accounts_lose_nothin
         snapshot = await store.select(account.id, "INBOX")
         assert [m.uid for m in snapshot.messages] == list(range(1, 21))
         assert snapshot.mailbox.uidnext == 21
+
+
+async def test_recent_claims_start_afresh_in_a_mailbox_made_anew(store):
+    """The in-memory \\Recent floor must not outlive its mailbox: SQLite reuses a deleted mailbox's id."""
+    bob = await make_account(store)
+    await store.create_mailbox(bob.id, "Box")
+    for _ in range(3):
+        await store.append(bob.id, "Box", RAW)
+    old = await store.get_mailbox(bob.id, "Box")
+    assert await store.claim_recent(bob.id, old.id, 3, old.uidvalidity) == (1, 4)
+    await store.delete_mailbox(bob.id, "Box")
+    await store.create_mailbox(bob.id, "Box")
+    await store.append(bob.id, "Box", RAW)
+    new = await store.get_mailbox(bob.id, "Box")
+    assert await store.claim_recent(bob.id, new.id, 1, new.uidvalidity) == (1, 2)
+    assert await store.claim_recent(bob.id, new.id, 1, new.uidvalidity) == (2, 2)  # claimed once only

@@ -507,7 +507,7 @@ class ImapSession(IMAP4Server):
             while self._claim_upto and self.view is view and not self.closed:
                 upto, self._claim_upto = self._claim_upto, 0
                 try:
-                    first, end = await self.store.claim_recent(self.account.id, view.id, upto)
+                    first, end = await self.store.claim_recent(self.account.id, view.id, upto, view.info.uidvalidity)
                 except Exception:  # noqa: BLE001 - the message is still announced, without \Recent
                     log.exception("imap: \\Recent claim failed for mailbox %s", view.id)
                     break
@@ -591,7 +591,7 @@ class ImapSession(IMAP4Server):
         if self._claim_upto and self._claim_task is None and not view.readonly:
             # Claim inline: the caller's flush then reports the right RECENT count.
             upto, self._claim_upto = self._claim_upto, 0
-            first, end = await self.store.claim_recent(self.account.id, view.id, upto)
+            first, end = await self.store.claim_recent(self.account.id, view.id, upto, view.info.uidvalidity)
             if self.view is view:
                 view.add_recent(range(first, end))
         view.highest_modseq = max(view.highest_modseq, info.highest_modseq)
@@ -1121,7 +1121,8 @@ class ImapSession(IMAP4Server):
             chunk = 50 if needs_raw else 1000
             for start in range(0, len(uids), chunk):
                 batch = uids[start:start + chunk]
-                fetched = await self.store.fetch(self.account.id, view.id, batch, cache=needs_cache, raw=needs_raw)
+                fetched = await self.store.fetch_parts(self.account.id, view.id, view.info.uidvalidity, batch,
+                                                       cache=needs_cache, raw=needs_raw)
                 if self.view is not view:
                     break
                 # §7.2.6: another session's new keyword may have reached the view during the await.
