@@ -65,7 +65,9 @@ def start_sink() -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     smtp_sink = shutil.which("smtp-sink")
     if smtp_sink:
-        process = subprocess.Popen([smtp_sink, "-c", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL)
+        # As root smtp-sink refuses to start without a user to drop to (it then exits at once).
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        process = subprocess.Popen([smtp_sink, *user, "-c", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL)
         time.sleep(0.5)
         return process, port, "postfix smtp-sink"
     process = subprocess.Popen([sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True)
