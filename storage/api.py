@@ -27,11 +27,12 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Integer, String, any_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
@@ -1601,25 +1602,31 @@ class MailStore:
         """
         now = now or datetime.now(timezone.utc)
         until = now + timedelta(seconds=lease_seconds)
+        params = {"now": now, "limit": limit, "worker": worker, "until": until, "below": content_below}
 
+        # Prebuilt statements: two round trips on PostgreSQL (the lease with the contents, the
+        # recipients), three on SQLite, whatever the number of items.
         def op(s: Session):
-            ids = (s.scalars(select(OutboundRow.id).where(
-                OutboundRow.next_attempt_at <= now,
-                or_(OutboundRow.locked_until.is_(None), OutboundRow.locked_until < now))
-                .order_by(OutboundRow.next_attempt_at, OutboundRow.id).limit(limit)
-                .with_for_update(skip_locked=True))).all()
-            if not ids:
+            conn = s.connection()
+            postgres = conn.dialect.name == "postgresql"
+            rows = sorted(conn.execute(_OB_CLAIM_PG if postgres else _OB_CLAIM, params).all(), key=lambda r: r.id)
+            if not rows:
                 return (), []
-            s.execute(update(OutboundRow).where(OutboundRow.id.in_(ids))
-                      .values(locked_by=worker, locked_until=until))
-            claims = self._outbound_claims(s, ids)
-            if content_below > 0:
-                rows = s.execute(select(OutboundRow.id, MessageRow.raw)
-                                 .join(MessageRow, MessageRow.id == OutboundRow.message_id)
-                                 .where(OutboundRow.id.in_(ids), MessageRow.size < content_below)).all()
-                contents = {row[0]: bytes(row[1]) for row in rows}
-                claims = tuple(replace(c, content=contents.get(c.id)) for c in claims)
-            return claims, []
+            ids = [row.id for row in rows]
+            rcpts: dict[int, list[OutboundRecipient]] = {qid: [] for qid in ids}
+            for r in conn.execute(_OB_CLAIM_RCPTS_PG if postgres else _OB_CLAIM_RCPTS, {"qids": ids}):
+                rcpts[r.queue_id].append(OutboundRecipient(r.id, r.address, r.domain, r.status, r.last_reply))
+            if postgres:
+                contents = {row.id: row.content for row in rows}
+            elif content_below > 0:
+                contents = dict(conn.execute(_OB_CLAIM_CONTENTS, {"qids": ids, "below": content_below}).all())
+            else:
+                contents = {}
+            return tuple(OutboundClaim(
+                row.id, row.mail_from, row.message_id, _as_utc(row.created_at), _as_utc(row.next_attempt_at),
+                row.attempts, row.last_error, bool(row.delayed_notice_sent), row.locked_by,
+                _as_utc(row.locked_until) if row.locked_until else None, tuple(rcpts[row.id]),
+                bytes(contents[row.id]) if contents.get(row.id) is not None else None) for row in rows), []
 
         return await self._write(op)
 
@@ -1682,16 +1689,28 @@ class MailStore:
 
     async def finish_outbound(self, queue_id: int, worker: str) -> bool:
         """Every recipient reached a final state: drop the item (its recipients cascade) and,
-        unless a mailbox holds it, its content. Two statements: the common case, kept short.
+        unless a mailbox holds it, its content. The common case, kept short: the items finished
+        in one group-commit batch go in one statement on PostgreSQL, two each on SQLite.
         False if `worker` does not hold the lease (nothing is changed then)."""
-        def op(s: Session):
-            conn = s.connection()
-            content_id = conn.execute(_OB_FINISH, {"qid": queue_id, "worker": worker}).scalar()
-            if content_id is None:
-                return False, []
-            conn.execute(_OB_COLLECT, {"cid": content_id})
-            return True, []
-        return await self._write(op)
+        return await self._write(Batchable(self._finish_outbound_many, (queue_id, worker)))
+
+    def _finish_outbound_many(self, s: Session, items: list[tuple[int, str]]) -> list[tuple[bool, list[Change]]]:
+        conn = s.connection()
+        if conn.dialect.name == "postgresql" and len(items) > 1:
+            gone = set(conn.execute(_OB_FINISH_MANY_PG, {"qids": [qid for qid, _ in items],
+                                                         "workers": [worker for _, worker in items]}).scalars())
+            results = []
+            for qid, _ in items:  # an item named twice was finished once
+                results.append((qid in gone, []))
+                gone.discard(qid)
+            return results
+        results = []
+        for qid, worker in items:
+            content_id = conn.execute(_OB_FINISH, {"qid": qid, "worker": worker}).scalar()
+            if content_id is not None:
+                conn.execute(_OB_COLLECT, {"cid": content_id})
+            results.append((content_id is not None, []))
+        return results
 
     def _delete_outbound(self, s: Session, queue_id: int) -> bool:
         content_id = s.scalar(select(OutboundRow.message_id).where(OutboundRow.id == queue_id))
@@ -1806,3 +1825,37 @@ _OB_COLLECT = delete(MessageRow.__table__).where(
     MessageRow.__table__.c.id == bindparam("cid"),
     ~exists().where(MailboxMessageRow.__table__.c.message_id == MessageRow.__table__.c.id),
     ~exists().where(_ob.c.message_id == MessageRow.__table__.c.id))
+
+# ---- outbound queue (issue 6): the finished items of one group-commit batch in one statement
+# (PostgreSQL). Its CTEs all see the snapshot from before the statement, so the content check
+# leaves out the queue rows this same statement deletes.
+_finished = func.unnest(bindparam("qids", type_=ARRAY(Integer)), bindparam("workers", type_=ARRAY(String))
+                        ).table_valued("id", "worker").render_derived()
+_gone = (delete(_ob).where(_ob.c.id == _finished.c.id, _ob.c.locked_by == _finished.c.worker)
+         .returning(_ob.c.id, _ob.c.message_id).cte("gone"))
+_ob_others = _ob.alias("others")
+_contents = MessageRow.__table__
+_collected = delete(_contents).where(
+    _contents.c.id.in_(select(_gone.c.message_id)),
+    ~exists().where(MailboxMessageRow.__table__.c.message_id == _contents.c.id),
+    ~exists().where(_ob_others.c.message_id == _contents.c.id, _ob_others.c.id.not_in(select(_gone.c.id))),
+).cte("collected")
+_OB_FINISH_MANY_PG = select(_gone.c.id).add_cte(_collected)
+
+# ---- outbound queue (issue 6): a claim in prebuilt statements. The due items are locked once
+# (MATERIALIZED: the LIMIT and SKIP LOCKED apply to one scan); PostgreSQL returns each item's
+# content with it, SQLite (RETURNING names only the updated table) reads them after.
+_due_filter = (_ob.c.next_attempt_at <= bindparam("now"),
+               or_(_ob.c.locked_until.is_(None), _ob.c.locked_until < bindparam("now")))
+_due = (select(_ob.c.id).where(*_due_filter).order_by(_ob.c.next_attempt_at, _ob.c.id)
+        .limit(bindparam("limit")))
+_due_locked = _due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+_OB_CLAIM_PG = (update(_ob).where(_ob.c.id == _due_locked.c.id, _contents.c.id == _ob.c.message_id)
+                .values(locked_by=bindparam("worker"), locked_until=bindparam("until"))
+                .returning(*_ob.c, case((_contents.c.size < bindparam("below"), _contents.c.raw)).label("content")))
+_OB_CLAIM = (update(_ob).where(_ob.c.id.in_(_due.scalar_subquery()))
+             .values(locked_by=bindparam("worker"), locked_until=bindparam("until")).returning(*_ob.c))
+_OB_CLAIM_RCPTS_PG = select(_rc).where(_rc.c.queue_id == any_(bindparam("qids", type_=ARRAY(Integer)))).order_by(_rc.c.id)
+_OB_CLAIM_RCPTS = select(_rc).where(_rc.c.queue_id.in_(bindparam("qids", expanding=True))).order_by(_rc.c.id)
+_OB_CLAIM_CONTENTS = (select(_ob.c.id, _contents.c.raw).join(_contents, _contents.c.id == _ob.c.message_id)
+                      .where(_ob.c.id.in_(bindparam("qids", expanding=True)), _contents.c.size < bindparam("below")))

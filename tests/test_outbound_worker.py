@@ -360,3 +360,30 @@ async def test_crashed_workers_lease_expires_then_another_delivers(store, dns, s
     assert await worker.run_once() == 1
     assert [r.rcpt_tos for r in sink.received] == [["bob@beta.test"]]
     assert await store.list_outbound() == ()
+
+
+async def test_items_finished_together_free_only_unreferenced_content(store, sender):
+    from sqlalchemy import func, select
+
+    from storage.models import MessageRow
+
+    async def count_contents() -> int:
+        return await store.db.read(lambda s: s.scalar(select(func.count()).select_from(MessageRow)))
+
+    for n in range(6):
+        await queue(store, f"r{n}@beta.test")
+    # One message for a local mailbox and a remote recipient: its content outlives the queue item.
+    local = await store.deliver(message(SENDER, "x@beta.test"), [sender.id], outbound_from=SENDER,
+                                outbound_to=["x@beta.test"])
+    claims = await store.claim_outbound("test-worker", 10, 60)
+    assert len(claims) == 7
+    ids = [c.id for c in claims]
+    # All finished at once (one group-commit batch), one of them by a worker without the lease.
+    done = await asyncio.gather(store.finish_outbound(ids[0], "stranger"),
+                                *(store.finish_outbound(qid, "test-worker") for qid in ids[1:]),
+                                store.finish_outbound(ids[1], "test-worker"))
+    assert done == [False] + [True] * 6 + [False]
+    assert [item.id for item in await store.list_outbound()] == [ids[0]]
+    kept = 2 if ids[0] != local.queue_id else 1  # the unfinished item's content, and the local one
+    assert await count_contents() == kept
+    assert (await store.mailbox_status(sender.id, "INBOX")).messages == 1
