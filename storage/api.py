@@ -654,7 +654,7 @@ class MailStore:
         return set(s.scalars(select(SubscriptionRow.name).where(SubscriptionRow.account_id == account_id)))
 
     def _is_subscribed(self, s: Session, account_id: int, name: str) -> bool:
-        return s.connection().execute(q.IS_SUBSCRIBED, {"account_id": account_id, "name": name}).first() is not None
+        return q.IS_SUBSCRIBED.first(s.connection(), {"account_id": account_id, "name": name}) is not None
 
     def _subscribe(self, s: Session, account_id: int, name: str) -> None:
         if not self._is_subscribed(s, account_id, name):
@@ -674,15 +674,15 @@ class MailStore:
         """LIST/LSUB's one read: the mailboxes (by name) and every subscribed name, sorted."""
         def read(s: Session):
             conn = s.connection()
-            subscribed = {name for name, in conn.execute(q.SUBSCRIBED_NAMES, {"account_id": account_id})}
-            rows = conn.execute(q.MAILBOXES_OF_ACCOUNT, {"account_id": account_id}).all()
+            subscribed = {name for name, in q.SUBSCRIBED_NAMES.all(conn, {"account_id": account_id})}
+            rows = q.MAILBOXES_OF_ACCOUNT.all(conn, {"account_id": account_id})
             return tuple(_mailbox(r, r.name in subscribed) for r in rows), tuple(sorted(subscribed))
         return await self._read(read)
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = normalize_mailbox_name(name)
         def read(s: Session):
-            row = s.connection().execute(q.MAILBOX_BY_NAME, {"account_id": account_id, "name": name}).first()
+            row = q.MAILBOX_BY_NAME.first(s.connection(), {"account_id": account_id, "name": name})
             return _mailbox(row, self._is_subscribed(s, account_id, name)) if row else None
         return await self._read(read)
 
@@ -828,20 +828,20 @@ class MailStore:
         """STATUS of every mailbox of the account in one read (LIST-STATUS, RFC 5819)."""
         def read(s: Session):
             conn = s.connection()
-            rows = conn.execute(q.MAILBOXES_OF_ACCOUNT, {"account_id": account_id}).all()
+            rows = q.MAILBOXES_OF_ACCOUNT.all(conn, {"account_id": account_id})
             subscribed = self._subscriptions(s, account_id)
             return tuple([self._status(s, row, row.name in subscribed) for row in rows])
         return await self._read(read)
 
     def _mailbox_row(self, s: Session, account_id: int, name: str) -> Any:
         """The mailbox's columns (a read-only row, not an ORM object)."""
-        row = s.connection().execute(q.MAILBOX_BY_NAME, {"account_id": account_id, "name": name}).first()
+        row = q.MAILBOX_BY_NAME.first(s.connection(), {"account_id": account_id, "name": name})
         if row is None:
             raise NoSuchMailbox(f"no mailbox {name}")
         return row
 
     def _owned_mailbox(self, s: Session, account_id: int, mailbox_id: int) -> Any:
-        row = s.connection().execute(q.MAILBOX_OWNED, {"mailbox_id": mailbox_id, "account_id": account_id}).first()
+        row = q.MAILBOX_OWNED.first(s.connection(), {"mailbox_id": mailbox_id, "account_id": account_id})
         if row is None:
             raise NoSuchMailbox("no such mailbox")
         return row
@@ -920,9 +920,9 @@ class MailStore:
                 conn = s.connection()
                 # Row lock: a concurrent SELECT or claim_recent must not hand out the same
                 # \\Recent UIDs (RFC 3501 §2.3.2); on PostgreSQL the plain read raced.
-                first_recent, uidnext = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": row.id}).one()[:2]
+                first_recent, uidnext = q.RECENT_CLAIM_STATE.one(conn, {"mailbox_id": row.id})[:2]
                 if uidnext > first_recent:
-                    conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": row.id, "first_recent_uid": uidnext})
+                    q.SET_FIRST_RECENT.run(conn, {"mailbox_id": row.id, "first_recent_uid": uidnext})
                 return (first_recent, uidnext, row.id, row.uidvalidity), []
 
             recent_from, recent_to, mailbox_id, uidvalidity = await self._write(claim)
@@ -1025,13 +1025,13 @@ class MailStore:
         """
         def op(s: Session):
             conn = s.connection()
-            row = conn.execute(q.RECENT_CLAIM_STATE, {"mailbox_id": mailbox_id}).first()
+            row = q.RECENT_CLAIM_STATE.first(conn, {"mailbox_id": mailbox_id})
             if row is None or row.account_id != account_id or row.uidvalidity != uidvalidity:
                 raise NoSuchMailbox("no such mailbox")
             first = row.first_recent_uid
             if up_to_uid < first:
                 return (first, first), []
-            conn.execute(q.SET_FIRST_RECENT, {"mailbox_id": mailbox_id, "first_recent_uid": up_to_uid + 1})
+            q.SET_FIRST_RECENT.run(conn, {"mailbox_id": mailbox_id, "first_recent_uid": up_to_uid + 1})
             return (first, up_to_uid + 1), []
 
         key = (mailbox_id, uidvalidity)
@@ -1063,20 +1063,19 @@ class MailStore:
     # ---------------------------------------------------------------- writing messages
 
     def _bump_modseq(self, s: Session, mailbox_id: int) -> int:
-        return s.connection().execute(q.BUMP_MODSEQ, {"mailbox_id": mailbox_id}).scalar_one()
+        return q.BUMP_MODSEQ.scalar_one(s.connection(), {"mailbox_id": mailbox_id})
 
     def _allocate_uids(self, s: Session, mailbox_id: int, count: int) -> tuple[int, int, int]:
         """(first uid, new modseq, uidvalidity): the row lock orders concurrent writers on PostgreSQL."""
-        uidnext, modseq, uidvalidity = s.connection().execute(
-            q.ALLOCATE_UIDS, {"mailbox_id": mailbox_id, "count": count}).one()
+        uidnext, modseq, uidvalidity = q.ALLOCATE_UIDS.one(s.connection(), {"mailbox_id": mailbox_id, "count": count})
         return uidnext - count, modseq, uidvalidity
 
     def _add_usage(self, s: Session, account_id: int, delta: int) -> None:
         if delta:
-            s.connection().execute(q.ADD_USAGE, {"account_id": account_id, "delta": delta})
+            q.ADD_USAGE.run(s.connection(), {"account_id": account_id, "delta": delta})
 
     def _check_quota(self, s: Session, account_id: int, extra: int) -> None:
-        used, quota = s.connection().execute(q.ACCOUNT_USAGE, {"account_id": account_id}).one()
+        used, quota = q.ACCOUNT_USAGE.one(s.connection(), {"account_id": account_id})
         if quota is not None and used + extra > quota:
             raise OverQuota("quota exceeded")
 
@@ -1297,8 +1296,8 @@ class MailStore:
 
         def op(s: Session):
             self._owned_mailbox(s, account_id, mailbox_id)
-            entries = s.connection().execute(q.DELETED_ENTRIES, {
-                "mailbox_id": mailbox_id, "deleted_flag": int(Flag.DELETED)}).all()
+            entries = q.DELETED_ENTRIES.all(s.connection(), {
+                "mailbox_id": mailbox_id, "deleted_flag": int(Flag.DELETED)})
             if uids is not None:
                 wanted = set(uids)
                 entries = [entry for entry in entries if entry.uid in wanted]
@@ -1330,8 +1329,8 @@ class MailStore:
             conn = s.connection()
             if uid_list and uid_list[-1] - uid_list[0] + 1 == len(uid_list):
                 # A contiguous set (STORE 1:*, the usual big case): one range scan, no IN list.
-                rows = conn.execute(q.ENTRY_FLAGS_BETWEEN, {
-                    "mailbox_id": mailbox_id, "lo": uid_list[0], "hi": uid_list[-1]}).all()
+                rows = q.ENTRY_FLAGS_BETWEEN.all(conn, {
+                    "mailbox_id": mailbox_id, "lo": uid_list[0], "hi": uid_list[-1]})
             else:
                 for start in range(0, len(uid_list), 5000):
                     rows.extend(conn.execute(q.ENTRY_FLAGS_IN, {

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy import Select, case, delete, exists  # FETCH variants, STATUS counts, expunge
 
+from .fastsql import FastStatement
 from .models import AccountRow, ExpungeRow, MailboxMessageRow, MailboxRow, MessageRow, OutboundRow, SubscriptionRow
 
 messages = MessageRow.__table__
@@ -234,3 +235,20 @@ DELETE_UNREFERENCED_CONTENTS = delete(messages).where(
 _FLAG_ROWS = select(*ENTRY_FLAG_COLUMNS).where(entries.c.mailbox_id == bindparam("mailbox_id"))
 ENTRY_FLAGS_BETWEEN = _FLAG_ROWS.where(entries.c.uid.between(bindparam("lo"), bindparam("hi")))
 ENTRY_FLAGS_IN = _FLAG_ROWS.where(entries.c.uid.in_(bindparam("uids", expanding=True)))
+
+
+# ---- the hottest of the above, run on the driver's cursor (storage/fastsql.py): integer and
+# string parameters and columns only. Call them as `q.NAME.first(conn, params)` and so on.
+MAILBOX_BY_NAME = FastStatement(MAILBOX_BY_NAME)
+MAILBOX_OWNED = FastStatement(MAILBOX_OWNED)
+IS_SUBSCRIBED = FastStatement(IS_SUBSCRIBED)
+RECENT_CLAIM_STATE = FastStatement(RECENT_CLAIM_STATE)
+SET_FIRST_RECENT = FastStatement(SET_FIRST_RECENT)
+BUMP_MODSEQ = FastStatement(BUMP_MODSEQ)
+ALLOCATE_UIDS = FastStatement(ALLOCATE_UIDS)
+ACCOUNT_USAGE = FastStatement(ACCOUNT_USAGE)
+ADD_USAGE = FastStatement(ADD_USAGE)
+DELETED_ENTRIES = FastStatement(DELETED_ENTRIES)
+ENTRY_FLAGS_BETWEEN = FastStatement(ENTRY_FLAGS_BETWEEN)
+SUBSCRIBED_NAMES = FastStatement(SUBSCRIBED_NAMES)
+MAILBOXES_OF_ACCOUNT = FastStatement(MAILBOXES_OF_ACCOUNT)
