@@ -17,16 +17,17 @@ STARTTLS in the same packet are discarded, never run inside TLS
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
 import inspect
 import logging
 import re
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from warnings import warn
 
-import aiosmtpd.smtp
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
 
 from config import TlsMode
 
@@ -54,33 +55,6 @@ _READ_CHUNK = 256 * 1024
 # RFC 5321 §4.1.1.4: the mail data ends with <CRLF>.<CRLF> and nothing else (no bare CR or LF forms).
 _END_OF_DATA = b"\r\n.\r\n"
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
-
-
-class _AiosmtpdInspect:
-    """What aiosmtpd.smtp takes from `inspect`, cut to what it needs per connection.
-
-    SMTP.__init__ calls inspect.getmembers() on the protocol and on the handler for every
-    connection only to find the auth_* methods; getmembers reads every attribute and sorts
-    them, a third of a connection's CPU here (~0.27 ms). dir() plus the few auth_* lookups give
-    the same pairs. The EHLO hook's signature is the same for every connection too.
-    """
-
-    @staticmethod
-    def getmembers(obj: Any) -> list[tuple[str, Any]]:
-        return [(name, getattr(obj, name)) for name in dir(obj) if name.startswith("auth_")]
-
-    _signatures: dict[Any, inspect.Signature] = {}
-
-    @classmethod
-    def signature(cls, fn: Any) -> inspect.Signature:
-        key = getattr(fn, "__func__", fn)
-        found = cls._signatures.get(key)
-        if found is None:
-            found = cls._signatures[key] = inspect.signature(fn)
-        return found
-
-
-aiosmtpd.smtp.inspect = _AiosmtpdInspect  # only that module's name; `inspect` elsewhere is untouched
 
 
 class CasellaSession(Session):
@@ -111,29 +85,146 @@ class CasellaEnvelope(Envelope):
         self.remote: list[str] = []
 
 
+class _CommandLimits(dict):
+    """Longest command line per verb; any other verb gets aiosmtpd's 512 without being inserted."""
+
+    def __missing__(self, verb: str) -> int:
+        return SMTP.command_size_limit
+
+
+@functools.lru_cache(maxsize=8)
+def _command_limits(line_length_limit: int) -> _CommandLimits:
+    # Shared by every connection: aiosmtpd only reads it once our smtp_EHLO replaces its own, which
+    # grew the class-wide table on every EHLO; a missing verb is not stored (a plain defaultdict
+    # would grow with every unknown verb any client ever sent).
+    return _CommandLimits(_COMMAND_LIMITS, AUTH=line_length_limit)
+
+
+@functools.lru_cache(maxsize=8)
+def _long_line_pattern(line_length_limit: int) -> re.Pattern[bytes]:
+    # A line over the limit (CRLF included) is an LF followed by line_length_limit octets without
+    # one; anchoring on the LF keeps the scan linear (the unanchored form is quadratic-ish).
+    return re.compile(rb"\n[^\n]{%d,}" % line_length_limit)
+
+
+class _Tables(NamedTuple):
+    commands: dict[str, Callable[..., Any]]  # verb -> smtp_* function of the connection class
+    auth: dict[str, _AuthMechAttr]
+    handle_hooks: dict[str, Callable[..., Any]]
+    ehlo_hook_ver: str | None
+
+
+_tables_by_handler: "weakref.WeakKeyDictionary[Any, dict[type, _Tables]]" = weakref.WeakKeyDictionary()
+
+
+def _tables(cls: type, handler: Any) -> _Tables:
+    """What aiosmtpd's SMTP.__init__ derives with dir() and getattr() for every connection, once per class and handler.
+
+    aiosmtpd 1.4: `_smtp_methods` maps each verb to its smtp_* method, `_auth_methods` each
+    mechanism to its auth_* method (the handler's win over the protocol's built-in ones), and
+    `_handle_hooks` each hook to the handler's handle_* method.
+    """
+    per_class = _tables_by_handler.setdefault(handler, {})
+    found = per_class.get(cls)
+    if found is not None:
+        return found
+    commands = {name.replace("smtp_", ""): getattr(cls, name) for name in dir(cls) if name.startswith("smtp_")}
+    auth: dict[str, _AuthMechAttr] = {}
+    for owner in (cls, handler):
+        for name in dir(owner):
+            if name.startswith("auth_"):
+                method = getattr(owner, name)
+                mechanism = getattr(method, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-"))
+                auth[mechanism] = _AuthMechAttr(method, owner is cls)
+    # Lower-case mechanism names from sloppy clients ("auth login") mean the same thing.
+    for mechanism, impl in list(auth.items()):
+        auth.setdefault(mechanism.lower(), impl)
+    hooks = {name.replace("handle_", ""): getattr(handler, name) for name in dir(handler) if name.startswith("handle_")}
+    ehlo_hook_ver = None
+    if "EHLO" in hooks:
+        parameters = len(inspect.signature(hooks["EHLO"]).parameters)
+        if parameters not in (4, 5):
+            raise RuntimeError("Unsupported EHLO Hook")
+        ehlo_hook_ver = "old" if parameters == 4 else "new"
+        if ehlo_hook_ver == "old":
+            warn("Use the 5-argument handle_EHLO() hook", DeprecationWarning)
+    found = per_class[cls] = _Tables(commands, auth, hooks, ehlo_hook_ver)
+    return found
+
+
+class _Commands:
+    """aiosmtpd's `_smtp_methods` for one connection: a verb is bound, through the command budget, when looked up."""
+
+    __slots__ = ("conn", "functions")
+
+    def __init__(self, conn: "SmtpConnection", functions: dict[str, Callable[..., Any]]) -> None:
+        self.conn = conn
+        self.functions = functions
+
+    def get(self, verb: str, default: Any = None) -> Any:
+        function = self.functions.get(verb)
+        if function is None:
+            return default
+        return functools.partial(self.conn._command, verb, function)
+
+    def items(self) -> list[tuple[str, Any]]:  # smtp_HELP
+        return [(verb, self.get(verb)) for verb in self.functions]
+
+
 class SmtpConnection(SMTP):
     def __init__(self, handler: "SmtpHandler", app: "App", listener_name: str, listener: Any,
                  registry: set["SmtpConnection"]) -> None:
         settings = app.settings.smtp
-        # Read by SMTP.__init__ to size the StreamReader: RFC 5321 §4.5.3.1.6 allows 1000 octets
-        # per line with CRLF, plus one for a transparency dot (RFC 5321 §4.5.2).
+        loop = asyncio.get_running_loop()
+        # RFC 5321 §4.5.3.1.6 allows 1000 octets per line with CRLF, plus one for a transparency dot
+        # (RFC 5321 §4.5.2); it also sizes the StreamReader.
         self.line_length_limit = settings.max_line_length + 1
+        # SMTP.__init__ is not called: it rebuilds its method tables with dir() and getattr() on the
+        # protocol and the handler for every connection (inspect.getmembers before 5a51cf7), a third
+        # of a connection's CPU, and binds every smtp_* method to the connection (a reference cycle
+        # per method). These are the attributes it sets (aiosmtpd 1.4), with our arguments;
+        # tests/test_smtp_aiosmtpd.py checks that none is missing.
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(limit=self.line_length_limit, loop=loop),
+            client_connected_cb=self._cb_client_connected, loop=loop)
+        self.__ident__ = IDENT
+        self.loop = loop
+        self.event_handler = handler
+        self.data_size_limit = settings.max_message_size
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.hostname = app.hostname
+        self.tls_context = app.tls.ssl_context if (listener.tls is TlsMode.STARTTLS and app.tls) else None
+        self.require_starttls = False
+        self._timeout_duration = settings.idle_timeout
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        # AUTH policy (which port, TLS or loopback) lives in the handler's handle_AUTH.
+        self._auth_require_tls = False
+        self._auth_required = False
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        self._enforce_call_limit = False
+        tables = _tables(type(self), handler)
+        self._smtp_methods = _Commands(self, tables.commands)  # type: ignore[assignment]
+        self._auth_methods = tables.auth  # read-only below aiosmtpd, like the two tables after it
+        if any(impl.is_builtin for impl in tables.auth.values()):  # not with SmtpHandler: its own win
+            self._auth_methods = {mechanism: _AuthMechAttr(impl.method.__get__(self), True) if impl.is_builtin else impl
+                                  for mechanism, impl in tables.auth.items()}
+        self._handle_hooks = tables.handle_hooks
+        self._ehlo_hook_ver = tables.ehlo_hook_ver
+        self.command_size_limits = _command_limits(self.line_length_limit)
+
         self.app = app
         self.listener_name = listener_name
         self.implicit_tls = listener.tls is TlsMode.IMPLICIT
-        starttls = app.tls.ssl_context if (listener.tls is TlsMode.STARTTLS and app.tls) else None
-        super().__init__(
-            handler, data_size_limit=settings.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-            hostname=app.hostname, ident=IDENT, tls_context=starttls, timeout=settings.idle_timeout,
-            # AUTH policy (which port, TLS or loopback) lives in the handler's handle_AUTH.
-            auth_required=False, auth_require_tls=False, loop=asyncio.get_running_loop())
-        # aiosmtpd keeps these limits on the class and grows them on every EHLO; ours are per connection.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit, _COMMAND_LIMITS)
-        self.command_size_limits["AUTH"] = self.line_length_limit
-        # Lower-case mechanism names from sloppy clients ("auth login") mean the same thing.
-        for mechanism, impl in list(self._auth_methods.items()):
-            self._auth_methods.setdefault(mechanism.lower(), impl)
-        self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
         self.handler = handler
         self.registry = registry
         self.max_commands = settings.max_commands_before_mail
@@ -148,14 +239,12 @@ class SmtpConnection(SMTP):
         self.rejected = 0
         self.close_reason = "closed by client"
         self._commands_without_mail = 0
-        self._last_activity = time.monotonic()
-        self._started = time.monotonic()
+        self._last_activity = self._started = time.monotonic()
         self._refused = False
         self._accounted = False
+        self._lost = False
         self._pending: list[bytes] = []
-        # A line over the limit (CRLF included) is an LF followed by line_length_limit octets without
-        # one; anchoring on the LF keeps the scan linear (the unanchored form is quadratic-ish).
-        self._long_line = re.compile(rb"\n[^\n]{%d,}" % self.line_length_limit)
+        self._long_line = _long_line_pattern(self.line_length_limit)
 
     # ------------------------------------------------------------ connection life
 
@@ -188,7 +277,11 @@ class SmtpConnection(SMTP):
         self.tls_used = self.tls_description()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._lost:  # aiosmtpd calls it itself when a STARTTLS handshake fails, then the transport does
+            return
+        self._lost = True
         if self._refused:
+            self._drop_references()
             return
         if self._accounted:
             self._accounted = False
@@ -196,6 +289,28 @@ class SmtpConnection(SMTP):
             self.registry.discard(self)
             self._log_connection(error)
         super().connection_lost(error)
+        task = self._handler_coroutine  # cancelled just now: it ends at its next step
+        if task is None or task.done():
+            self._drop_references()
+        else:
+            task.add_done_callback(self._drop_references)
+
+    def _drop_references(self, _task: Any = None) -> None:
+        """Break the reference cycles a finished connection is made of, so that it is freed at once.
+
+        The protocol and its StreamWriter point at each other, the command tables hold methods bound
+        to it, the handler task's CancelledError holds frames that hold it (and STARTTLS adds the SSL
+        protocol). Left to the cyclic collector, every connection's ~130 objects outlived it and
+        pushed the daemon's whole heap through full collections (~0.1 s each, every ~1,000
+        connections). Called once the handler task has finished: nothing runs for it afterwards.
+        """
+        self._smtp_methods = {}
+        self._auth_methods = {}
+        self._client_connected_cb = None
+        self._reader = self._writer = self._stream_writer = None  # type: ignore[assignment]
+        self._handler_coroutine = None
+        self._tls_protocol = None
+        self._original_transport = None
 
     def _log_connection(self, error: Exception | None) -> None:
         reason = self.close_reason if error is None else f"{self.close_reason} ({error.__class__.__name__})"
@@ -259,29 +374,26 @@ class SmtpConnection(SMTP):
         bits = f" bits={cipher[2]}" if cipher and cipher[2] else ""
         return f"version={ssl_object.version()} cipher={cipher[0] if cipher else '?'}{bits}"
 
-    def _counted(self, name: str, method: Any) -> Any:
-        async def run(arg: str | None) -> None:
-            # A budget of commands outside a mail transaction stops address harvesting and
-            # connections held open with NOOP/RSET/VRFY (Postfix's junk command limit).
-            if name != "QUIT" and not (self.envelope and self.envelope.mail_from):
-                self._commands_without_mail += 1
-                if self._commands_without_mail > self.max_commands:
-                    self.close_reason = "too many commands before MAIL"
-                    await self.push(replies.TOO_MANY_COMMANDS.format(host=self.hostname))
-                    if self.transport is not None:
-                        self.transport.close()
-                    return
-            self.current = name
-            try:
-                await method(arg)
-            finally:
-                self.current = None
-            if name == "MAIL" and self.envelope and self.envelope.mail_from:
-                self._commands_without_mail = 0
-            elif name == "QUIT":
-                self.close_reason = "quit"
-
-        return run
+    async def _command(self, name: str, function: Callable[..., Any], arg: str | None) -> None:
+        # A budget of commands outside a mail transaction stops address harvesting and
+        # connections held open with NOOP/RSET/VRFY (Postfix's junk command limit).
+        if name != "QUIT" and not (self.envelope and self.envelope.mail_from):
+            self._commands_without_mail += 1
+            if self._commands_without_mail > self.max_commands:
+                self.close_reason = "too many commands before MAIL"
+                await self.push(replies.TOO_MANY_COMMANDS.format(host=self.hostname))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        self.current = name
+        try:
+            await function(self, arg)
+        finally:
+            self.current = None
+        if name == "MAIL" and self.envelope and self.envelope.mail_from:
+            self._commands_without_mail = 0
+        elif name == "QUIT":
+            self.close_reason = "quit"
 
     async def push(self, status: Any, *, raw: bool = False) -> None:
         if isinstance(status, str):
