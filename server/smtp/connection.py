@@ -27,6 +27,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from warnings import warn
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
 
 from config import TlsMode
@@ -55,6 +56,19 @@ _READ_CHUNK = 256 * 1024
 # RFC 5321 §4.1.1.4: the mail data ends with <CRLF>.<CRLF> and nothing else (no bare CR or LF forms).
 _END_OF_DATA = b"\r\n.\r\n"
 _COMMAND_LIMITS = {"MAIL": 512 + 26 + 10 + 15, "RCPT": 512 + 10}
+
+
+def _sanitized_log(func: Callable[..., None], msg: str, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd logs every command line twice (debug, info) through `sanitized_log`, which masks AUTH
+    data with a regex before the logger looks at its level; ours asks the logger first (aiosmtpd's
+    `mail.log` is at WARNING, server/logs.py), a regex match and a list less per line."""
+    if func.__self__.isEnabledFor(_LEVELS.get(func.__name__, logging.CRITICAL)):  # type: ignore[attr-defined]
+        _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
+aiosmtpd.smtp.sanitized_log = _sanitized_log  # only that module's name, as its own call sites see it
 
 
 class CasellaSession(Session):
@@ -333,6 +347,17 @@ class SmtpConnection(SMTP):
         self._last_activity = time.monotonic()
         super().data_received(data)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms the idle timer for every command (a new TimerHandle, a cancelled one left
+        # in the loop's heap). An armed timer is kept instead: when it fires, _timeout_cb measures
+        # the idle time from _last_activity (any bytes received) and re-arms for what is left.
+        handle = self._timeout_handle
+        if handle is not None:
+            if duration is None and not handle.cancelled() and handle.when() > self.loop.time():
+                return
+            handle.cancel()
+        self._timeout_handle = self.loop.call_later(duration or self._timeout_duration, self._timeout_cb)
+
     def _timeout_cb(self) -> None:
         idle = time.monotonic() - self._last_activity
         if self.busy or idle < self._timeout_duration:
@@ -440,9 +465,10 @@ class SmtpConnection(SMTP):
             lines.append("STARTTLS")
         if self.handler.auth_offered(self):
             lines.append("AUTH PLAIN LOGIN")
-        for index, line in enumerate(lines):
-            sep = " " if index == len(lines) - 1 else "-"
-            await self.push(f"250{sep}{line}", raw=True)
+        # One write for the whole reply: a line per write was a send() per line.
+        last = len(lines) - 1
+        await self.push("\r\n".join(f"250{' ' if index == last else '-'}{line}" for index, line in enumerate(lines)),
+                        raw=True)
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, reading in large chunks instead of line by line (a third of the CPU per message)."""
