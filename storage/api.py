@@ -1137,8 +1137,13 @@ class MailStore:
         targets: dict[tuple[str, int], tuple[int | None, int]] = {}  # (name, account) -> (quota, mailbox)
         used: dict[int, int] = {}
         for name, ids in wanted.items():
-            rows = conn.execute(q.DELIVERY_TARGETS_PG if postgres else q.DELIVERY_TARGETS,
-                                {"account_ids": sorted(ids), "name": name}).all()
+            if len(ids) == 1:  # the usual lone delivery: a plain parameter is cheaper than a list
+                [account_id] = ids
+                row = conn.execute(q.DELIVERY_TARGET, {"account_id": account_id, "name": name}).first()
+                rows = [(account_id, *row)] if row is not None else []
+            else:
+                rows = conn.execute(q.DELIVERY_TARGETS_PG if postgres else q.DELIVERY_TARGETS,
+                                    {"account_ids": sorted(ids), "name": name}).all()
             if len(rows) != len(ids):
                 raise NoResultFound("no such account")  # removed meanwhile: that delivery fails alone
             for account_id, used_bytes, quota, mailbox_id, inbox_id in rows:
