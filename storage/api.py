@@ -27,11 +27,11 @@ import re
 import time
 from array import array
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import Integer, String, any_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Integer, String, any_, bindparam, case, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
@@ -1202,12 +1202,15 @@ class MailStore:
                 usage[account_id] = usage.get(account_id, 0) + size
                 deliveries.append(Delivery(account_id, mailbox_id, uid))
                 changes.append(MessageAdded(mailbox_id, uid, modseq, 0, ()))
-            queue_id = None
-            if job.outbound_to:
-                queue_id = self._insert_outbound(s, content_id, job.outbound_from, job.outbound_to)
-            elif not taken:
+            if not taken and not job.outbound_to:
                 unused.append(content_id)
-            results.append((DeliveryReport(content_id, tuple(deliveries), tuple(refused), queue_id), changes))
+            results.append((DeliveryReport(content_id, tuple(deliveries), tuple(refused), None), changes))
+        queued = [i for i, job in enumerate(jobs) if job.outbound_to]
+        if queued:
+            queue_ids = self._insert_outbound_many(
+                s, [(content_ids[i], jobs[i].outbound_from, jobs[i].outbound_to) for i in queued], arrays)
+            for i, queue_id in zip(queued, queue_ids):
+                results[i] = (replace(results[i][0], queue_id=queue_id), results[i][1])
         if rows and arrays:
             conn.execute(q.INSERT_ENTRIES_PG, {column: [row[column] for row in rows] for column in (
                 "mailbox_id", "uid", "message_id", "internaldate", "modseq", "size")})
@@ -1565,16 +1568,32 @@ class MailStore:
 
     # ---------------------------------------------------------------- outbound queue
 
-    def _insert_outbound(self, s: Session, content_id: int, mail_from: str,
-                               recipients: Sequence[str]) -> int:
+    def _insert_outbound_many(self, s: Session, items: list[tuple[int, str, Sequence[str]]],
+                              arrays: bool) -> list[int]:
+        """Queue items (content id, sender, recipients) for remote delivery; their ids, in order.
+
+        With `arrays` (PostgreSQL, several items) two statements for all of them, else two each.
+        """
+        conn = s.connection()
         now = datetime.now(timezone.utc)
-        queue_id = (s.execute(insert(OutboundRow).values(
-            message_id=content_id, mail_from=mail_from, created_at=now, next_attempt_at=now, attempts=0,
-            delayed_notice_sent=False).returning(OutboundRow.id))).scalar_one()
-        s.execute(insert(OutboundRecipientRow), [
-            {"queue_id": queue_id, "address": rcpt, "domain": rcpt.rpartition("@")[2].lower(), "status": "pending"}
-            for rcpt in recipients])
-        return queue_id
+        if arrays and len(items) > 1:
+            # Ids come from the sequence in row order (ORDER BY n), as for contents.
+            queue_ids = sorted(conn.execute(_OB_INSERT_MANY_PG, {
+                "message_ids": [content_id for content_id, _, _ in items],
+                "senders": [sender for _, sender, _ in items], "now": now}).scalars().all())
+            rcpts = [(queue_id, rcpt) for queue_id, (_, _, recipients) in zip(queue_ids, items) for rcpt in recipients]
+            conn.execute(_OB_INSERT_RCPTS_PG, {"qids": [qid for qid, _ in rcpts], "addresses": [r for _, r in rcpts],
+                                               "domains": [r.rpartition("@")[2].lower() for _, r in rcpts]})
+            return queue_ids
+        queue_ids = []
+        for content_id, sender, recipients in items:
+            queue_id = conn.execute(_OB_INSERT, {"message_id": content_id, "mail_from": sender, "created_at": now,
+                                                 "next_attempt_at": now, "attempts": 0,
+                                                 "delayed_notice_sent": False}).scalar_one()
+            conn.execute(_OB_INSERT_RCPT, [{"queue_id": queue_id, "address": rcpt, "status": "pending",
+                                            "domain": rcpt.rpartition("@")[2].lower()} for rcpt in recipients])
+            queue_ids.append(queue_id)
+        return queue_ids
 
     async def list_outbound(self) -> tuple[OutboundItem, ...]:
         def read(s: Session):
@@ -1863,3 +1882,21 @@ _OB_CLAIM_RCPTS_PG = select(_rc).where(_rc.c.queue_id == any_(bindparam("qids", 
 _OB_CLAIM_RCPTS = select(_rc).where(_rc.c.queue_id.in_(bindparam("qids", expanding=True))).order_by(_rc.c.id)
 _OB_CLAIM_CONTENTS = (select(_ob.c.id, _contents.c.raw).join(_contents, _contents.c.id == _ob.c.message_id)
                       .where(_ob.c.id.in_(bindparam("qids", expanding=True)), _contents.c.size < bindparam("below")))
+
+# ---- outbound queue (issue 6): queueing remote recipients at delivery, prebuilt; on PostgreSQL the
+# items of a delivery batch in two statements (unnest arrays, as storage/queries.py does for contents).
+_OB_INSERT = insert(_ob).returning(_ob.c.id)
+_OB_INSERT_RCPT = insert(_rc)
+_new_items = func.unnest(bindparam("message_ids", type_=ARRAY(Integer)), bindparam("senders", type_=ARRAY(String))
+                         ).table_valued("message_id", "mail_from", with_ordinality="n").render_derived()
+_OB_INSERT_MANY_PG = insert(_ob).from_select(
+    ["message_id", "mail_from", "created_at", "next_attempt_at", "attempts", "delayed_notice_sent"],
+    select(_new_items.c.message_id, _new_items.c.mail_from, bindparam("now", type_=_ob.c.created_at.type),
+           bindparam("now", type_=_ob.c.created_at.type), literal(0), literal(False)).order_by(_new_items.c.n),
+).returning(_ob.c.id)
+_new_rcpts = func.unnest(bindparam("qids", type_=ARRAY(Integer)), bindparam("addresses", type_=ARRAY(String)),
+                         bindparam("domains", type_=ARRAY(String))).table_valued("queue_id", "address", "domain"
+                                                                                 ).render_derived()
+_OB_INSERT_RCPTS_PG = insert(_rc).from_select(
+    ["queue_id", "address", "domain", "status"],
+    select(_new_rcpts.c.queue_id, _new_rcpts.c.address, _new_rcpts.c.domain, literal("pending")))

@@ -387,3 +387,21 @@ async def test_items_finished_together_free_only_unreferenced_content(store, sen
     kept = 2 if ids[0] != local.queue_id else 1  # the unfinished item's content, and the local one
     assert await count_contents() == kept
     assert (await store.mailbox_status(sender.id, "INBOX")).messages == 1
+
+
+async def test_messages_queued_together_keep_their_own_recipients_and_content(store, sender):
+    bodies = [message(SENDER, f"r{n}@beta.test", subject=f"queued {n}") for n in range(12)]
+    reports = await asyncio.gather(*(
+        store.deliver(bodies[n], [sender.id] if n % 3 == 0 else [], outbound_from=SENDER,
+                      outbound_to=[f"r{n}@beta.test"] + ([f"s{n}@gamma.test"] if n % 2 else []))
+        for n in range(12)))
+    assert len({r.queue_id for r in reports}) == 12
+    for n, report in enumerate(reports):
+        item = await store.get_outbound(report.queue_id)
+        expected = [f"r{n}@beta.test"] + ([f"s{n}@gamma.test"] if n % 2 else [])
+        assert [r.address for r in item.recipients] == expected
+        assert [r.domain for r in item.recipients] == [a.rpartition("@")[2] for a in expected]
+        assert (item.mail_from, item.content_id, item.attempts) == (SENDER, report.content_id, 0)
+        assert await store.outbound_content(report.queue_id) == bodies[n]
+    claims = await store.claim_outbound("test-worker", 20, 60)
+    assert sorted(c.id for c in claims) == sorted(r.queue_id for r in reports)
