@@ -57,6 +57,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from proctree import tree_cpu_seconds  # noqa: E402 (bench/, beside this script)
 from pytest_casella import CasellaServer  # noqa: E402
 from storage import MailStore  # noqa: E402
 from storage import passwords  # noqa: E402
@@ -367,33 +368,6 @@ def wait_greeting(port: int, process: subprocess.Popen, timeout: float = 30.0) -
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("no IMAP greeting")
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of a process tree: the living processes' own time, plus what each has reaped.
-
-    Dovecot forks a process per login and per session; when they exit their time moves into
-    their parent's cutime/cstime, so a before/after difference of this sum is the tree's work.
-    """
-    children: dict[int, list[int]] = {}
-    times: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        times[pid] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0)
-        todo.extend(children.get(pid, []))
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Dovecot:

@@ -50,6 +50,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from proctree import tree_cpu_seconds  # noqa: E402 (bench/, beside this script)
 from pytest_casella import CasellaServer  # noqa: E402
 from storage import MailStore  # noqa: E402
 
@@ -247,34 +248,6 @@ def run_smtp_source(port: int, args: argparse.Namespace, extra: list[str], messa
     return total / elapsed, completed
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants, live or reaped: Postfix forks one daemon per role."""
-    clock = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, list[str]]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(entry)] = (int(fields[1]), fields)
-    if pid not in stats:
-        return float("nan")
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in stats.items():
-        children.setdefault(parent, []).append(child)
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        fields = stats[current][1]
-        # utime+stime, plus cutime+cstime: the children that already exited and were waited for.
-        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        todo.extend(children.get(current, []))
-    return total / clock
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -391,7 +364,7 @@ class PostfixInstance:
         self.delivered_before = self.delivered()
 
     def cpu(self) -> float:
-        return tree_cpu(self.master_pid) if self.master_pid else float("nan")
+        return tree_cpu_seconds(self.master_pid) if self.master_pid else float("nan")
 
     def stop(self) -> None:
         subprocess.run([POSTFIX or "postfix", "-c", self.etc, "stop"], capture_output=True, timeout=60)
