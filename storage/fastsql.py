@@ -17,6 +17,7 @@ from collections import namedtuple
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 
@@ -36,12 +37,22 @@ class FastStatement:
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         sql, names, row_type = self._compiled.get(conn.dialect.name) or self._prepare(conn)
-        cursor = conn.connection.dbapi_connection.cursor()
+        dbapi_connection = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()
+        values = tuple([params.get(name, default) for name, default in names])
         try:
-            cursor.execute(sql, tuple([params.get(name, default) for name, default in names]))
+            cursor.execute(sql, values)
             if row_type is None:
                 return []
             return [row_type(*row) for row in cursor.fetchall()]
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # What Connection.execute would do: a lost connection is invalidated (the pool drops
+            # it), and the error is SQLAlchemy's, with `.orig`, so deadlock retries still see it.
+            disconnect = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if disconnect:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(sql, values, exc, conn.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=disconnect, dialect=conn.dialect) from exc
         finally:
             cursor.close()
 
