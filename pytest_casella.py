@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,13 @@ from typing import Any
 import pytest
 
 LISTENERS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server a test or bench starts, or to be refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def casella_command() -> list[str]:

@@ -58,7 +58,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from proctree import tree_cpu_seconds  # noqa: E402 (bench/, beside this script)
-from pytest_casella import CasellaServer  # noqa: E402
+from pytest_casella import CasellaServer, free_port  # noqa: E402
 from storage import MailStore  # noqa: E402
 from storage import passwords  # noqa: E402
 
@@ -348,12 +348,6 @@ def imaptest_mbox(binary: str) -> str | None:
 def dovecot_binary() -> str | None:
     # Debian puts it in /usr/sbin, which is not on every user's PATH.
     return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_greeting(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from config import load_settings  # noqa: E402
+from pytest_casella import free_port  # noqa: E402
 from server.mailauth.dkim import DkimSigner, generate_key  # noqa: E402
 from server.mailauth.dns import Resolver  # noqa: E402
 from server.outbound import OutboundWorker  # noqa: E402
@@ -51,14 +51,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def start_sink() -> tuple[subprocess.Popen, int, str]:

@@ -51,7 +51,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from proctree import tree_cpu_seconds  # noqa: E402 (bench/, beside this script)
-from pytest_casella import CasellaServer  # noqa: E402
+from pytest_casella import CasellaServer, free_port  # noqa: E402
 from storage import MailStore  # noqa: E402
 
 PG_URL = os.environ.get("CASELLA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -246,12 +246,6 @@ def run_smtp_source(port: int, args: argparse.Namespace, extra: list[str], messa
     if completed != total:
         raise RuntimeError(f"smtp-source completed {completed} of {total} messages")
     return total / elapsed, completed
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostfixInstance:

@@ -174,15 +174,6 @@ class Sink:
         return self.handler.received
 
 
-def free_port() -> int:
-    """A loopback port with nothing listening (connection refused)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 def message(sender: str, rcpt: str, subject: str = "hello", body: str = "Hello there.\r\n",
             size: int = 0) -> bytes:
     text = (f"From: Sender <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"

@@ -15,12 +15,13 @@ import pytest
 from config import load_settings
 from server.mailauth.dkim import DkimSigner, generate_key, verify_dkim
 from server.mailauth.dns import Resolver
+from pytest_casella import free_port
 from server.outbound import OutboundWorker
 
 if __package__:
-    from .test_outbound_support import DnsServer, Sink, SinkHandler, free_port, message
+    from .test_outbound_support import DnsServer, Sink, SinkHandler, message
 else:
-    from test_outbound_support import DnsServer, Sink, SinkHandler, free_port, message
+    from test_outbound_support import DnsServer, Sink, SinkHandler, message
 
 SENDER = "alice@alpha.test"
 PASSWORD = "correct-horse-battery"
