@@ -118,13 +118,19 @@ def test_idle_timeout(limited):
     raw.close()
 
 
-def test_slow_but_steady_data_is_not_idle(limited):
-    user = limited.new_user()
-    raw = Raw(limited)
+def _raw_at_data(server, user) -> Raw:  # noqa: ANN001
+    """A raw SMTP session that has had its 354 for one message to `user`."""
+    raw = Raw(server)
     raw.cmd(b"EHLO mta.test")
     raw.cmd(b"MAIL FROM:<a@remote.test>")
     raw.cmd(b"RCPT TO:<" + user.address.encode() + b">")
     assert raw.cmd(b"DATA").startswith(b"354")
+    return raw
+
+
+def test_slow_but_steady_data_is_not_idle(limited):
+    user = limited.new_user()
+    raw = _raw_at_data(limited, user)
     for n in range(6):  # 3 s of upload, longer than the 1.5 s idle timeout, never silent for long
         raw.send(b"line %d\r\n" % n)
         time.sleep(0.5)
@@ -175,11 +181,7 @@ def test_auth_throttle_then_lockout(limited):
 ], ids=["first-line", "split-line", "split-crlf"])
 def test_line_length_across_packets(limited, pieces):
     user = limited.new_user()
-    raw = Raw(limited)
-    raw.cmd(b"EHLO mta.test")
-    raw.cmd(b"MAIL FROM:<a@remote.test>")
-    raw.cmd(b"RCPT TO:<" + user.address.encode() + b">")
-    assert raw.cmd(b"DATA").startswith(b"354")
+    raw = _raw_at_data(limited, user)
     for piece in pieces:
         raw.send(piece)
         time.sleep(0.1)
