@@ -79,12 +79,10 @@ class Tokenizer:
             elif char == 0x22:  # "
                 items.append(self._quoted())
             elif char in (0x7B, 0x7E) and self._at_literal():
-                match = self._at_literal()
                 items.append(String(self.literals[self.segment]))
                 self.segment += 1
                 self.text = self.texts[self.segment]
                 self.pos = 0
-                del match
             else:
                 items.append(self._atom())
 

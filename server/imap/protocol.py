@@ -775,9 +775,7 @@ class ImapSession(IMAP4Server):
         changes = await self.store.changes_since(self.account.id, view.id, modseq)
         vanished = changes.vanished
         if known is not None:
-            known_set = set(view.resolve(known, uid=True)) | set(u for lo, hi in known for u in (lo, hi))
             vanished = [u for u in vanished if _in_uid_ranges(u, known)]
-            del known_set
         if vanished:
             self.send(b"* VANISHED (EARLIER) " + format_uid_set(vanished))
         lines = []
