@@ -56,10 +56,11 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if _listener is not None:
         _listener.stop()
+    else:
+        atexit.register(flush)
     records: queue.SimpleQueue = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, handler)
     _listener.start()
-    atexit.register(flush)
     root = logging.getLogger()
     root.handlers[:] = [_RecordQueueHandler(records)]
     root.setLevel(level)
