@@ -1112,7 +1112,9 @@ class MailStore:
         group-commit writer are written together (`_deliver_many`).
         """
         digest, header_size, cache = await self._prepare_content(raw)
-        job = _DeliveryJob(raw, digest, header_size, cache, internaldate or datetime.now(timezone.utc),
+        # Stored as UTC: SQLite keeps no offset, so another zone would come back as the wrong instant.
+        when = (internaldate or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        job = _DeliveryJob(raw, digest, header_size, cache, when,
                            sorted(set(account_ids)), mailbox, enforce_quota, outbound_from or "", tuple(outbound_to))
         return await self._write(Batchable(self._deliver_many, job))
 
@@ -1231,7 +1233,7 @@ class MailStore:
         """IMAP APPEND (RFC 3501 §6.3.11); raises OverQuota (RFC 9208) and NoSuchMailbox."""
         mailbox = normalize_mailbox_name(mailbox)
         digest, header_size, cache = await self._prepare_content(raw)
-        when = internaldate or datetime.now(timezone.utc)
+        when = (internaldate or datetime.now(timezone.utc)).astimezone(timezone.utc)  # as in deliver
         keyword_text = _keywords_str(keywords)
 
         def op(s: Session):
@@ -1243,10 +1245,17 @@ class MailStore:
                 "mailbox_id": row.id, "uid": uid, "message_id": content_id, "flags": flags,
                 "keywords": keyword_text, "internaldate": when, "modseq": modseq, "size": len(raw)})
             self._add_usage(s, account_id, len(raw))
-            return AppendResult(uidvalidity, uid), [
-                MessageAdded(row.id, uid, modseq, flags, _keywords_tuple(keyword_text))]
+            added = MessageAdded(row.id, uid, modseq, flags, _keywords_tuple(keyword_text))
+            return (AppendResult(uidvalidity, uid), added, content_id), [added]
 
-        return await self._write(op)
+        result, added, content_id = await self._write(op)
+        # The client that appends usually fetches the message next (and every session with the
+        # mailbox selected hears of it): what FETCH would read back is all here already.
+        meta = MessageMeta(uid=result.uid, flags=flags, keywords=added.keywords, modseq=added.modseq,
+                           size=len(raw), internaldate=when, content_id=content_id)
+        self.content_cache.put((account_id, added.mailbox_id, result.uidvalidity),
+                               FetchedMessage(meta, header_size, cache, raw))
+        return result
 
     async def copy(self, account_id: int, mailbox_id: int, uids: Sequence[int], target: str, *,
                    move: bool = False) -> CopyResult:

@@ -84,3 +84,19 @@ async def test_a_mailbox_made_anew_never_gets_the_old_ones_contents(store):
         store.content_cache.budget = 0
         with pytest.raises(NoSuchMailbox):
             await store.fetch_parts(bob.id, old.id, old.uidvalidity, [1], raw=True)
+
+
+async def test_append_fills_the_cache_with_what_the_database_would_give(store):
+    from datetime import datetime, timedelta, timezone
+
+    bob = await make_account(store)
+    raw = _message(7, body_lines=3)
+    when = datetime(1994, 2, 7, 21, 52, 25, tzinfo=timezone(timedelta(hours=-8)))
+    appended = await store.append(bob.id, "INBOX", raw, flags=1, keywords=["$Label1"], internaldate=when)
+    inbox = await store.get_mailbox(bob.id, "INBOX")
+    hits = store.content_cache.hits
+    cached = (await store.fetch_parts(bob.id, inbox.id, inbox.uidvalidity, [appended.uid], cache=True, raw=True))[0]
+    assert store.content_cache.hits == hits + 1  # no database read
+    stored = (await store.fetch(bob.id, inbox.id, [appended.uid], cache=True, raw=True))[0]
+    assert cached == stored
+    assert cached.meta.internaldate == datetime(1994, 2, 8, 5, 52, 25, tzinfo=timezone.utc)
