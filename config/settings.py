@@ -75,6 +75,9 @@ class DatabaseSettings(Strict):
     # Message contents read for IMAP FETCH are kept in memory up to this many MB (0 = off), so a
     # client fetching the same messages again costs no database read; messages over 1 MB are not kept.
     content_cache_mb: int = Field(default=64, ge=0)
+    # SQLite: light operations (a few rows through an index) run their statements on the event
+    # loop, their commit in the writer thread; off sends every statement to a thread.
+    sqlite_inline: bool = True
 
 
 class TlsSettings(Strict):

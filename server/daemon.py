@@ -134,7 +134,8 @@ class App:
             store = await MailStore.open(db_settings.url, cross_process_events=True,
                                          pool_size=db_settings.pool_size, busy_timeout_ms=db_settings.busy_timeout_ms,
                                          auth_cache_seconds=db_settings.auth_cache_seconds,
-                                         content_cache_bytes=db_settings.content_cache_mb << 20)
+                                         content_cache_bytes=db_settings.content_cache_mb << 20,
+                                         sqlite_inline=db_settings.sqlite_inline)
         except Exception as exc:  # any driver error: one line, not a traceback
             raise StartupError(f"cannot open database {db_settings.url}: {exc}") from None
         try:

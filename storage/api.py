@@ -105,8 +105,12 @@ T = TypeVar("T")
 HIERARCHY_DELIMITER = "/"
 MAX_MAILBOX_NAME = 1000
 MIN_PASSWORD_LENGTH = 8
-# Messages bigger than this are parsed in a thread so a 50 MB upload never stalls the loop.
+# Messages bigger than this are parsed in a thread so a 50 MB upload never stalls the loop
+# (and stored from the writer thread: see LIGHT_ENTRIES).
 _PARSE_IN_THREAD_ABOVE = 256 * 1024
+#: Operations on at most this many entries (STORE, COPY) or mailboxes at most this large (STATUS,
+#: EXPUNGE) are light: on SQLite their statements run on the loop thread (storage/engine.py).
+LIGHT_ENTRIES = 2000
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -279,8 +283,11 @@ class MailStore:
 
     @classmethod
     async def open(cls, url: str, *, bus: ChangeBus | None = None, cross_process_events: bool = False,
-                   pool_size: int = 10, busy_timeout_ms: int = 10000, **options: Any) -> "MailStore":
-        store = cls(create_database(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms), bus, **options)
+                   pool_size: int = 10, busy_timeout_ms: int = 10000, sqlite_inline: bool = True,
+                   **options: Any) -> "MailStore":
+        database = create_database(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms,
+                                   sqlite_inline=sqlite_inline)
+        store = cls(database, bus, **options)
         if cross_process_events and store.db.is_postgres:
             from sqlalchemy.engine import make_url
 
@@ -303,15 +310,17 @@ class MailStore:
             return (0, 0)
         return (self._funnel.batches, self._funnel.operations)
 
-    async def _read(self, fn: Callable[[Session], T]) -> T:
-        return await self.db.read(fn)
+    async def _read(self, fn: Callable[[Session], T], *, light: bool = False) -> T:
+        """`light`: a few rows through an index, whatever the mailbox's size (storage/engine.py
+        runs those on the loop thread with SQLite); anything that scans a mailbox is not."""
+        return await self.db.read(fn, inline=light)
 
-    async def _write(self, op: WriteOp) -> Any:
+    async def _write(self, op: WriteOp, *, light: bool = False) -> Any:
         if self._funnel is not None:
-            return await self._funnel.submit(op)
+            return await self._funnel.submit(op, light=light)
         for attempt in range(5):
             try:
-                (result, changes), _ = (await self.db.write([op]))[0]
+                (result, changes), _ = (await self.db.write([op], inline=light))[0]
                 break
             except DBAPIError as exc:
                 # PostgreSQL: a deadlock or serialization failure is retried; anything else is real.
@@ -555,7 +564,7 @@ class MailStore:
                 select(AccountRow, DomainRow.name).join(DomainRow).where(AccountRow.address == address)).first()
             return (row[0].password_hash, _account(row[0], row[1])) if row else None
 
-        found = await self._read(read)
+        found = await self._read(read, light=True)
         if found is None:
             # Spend the same time as a real check so timing does not reveal which users exist.
             await asyncio.to_thread(passwords.verify_password, _dummy_hash(), password)
@@ -677,14 +686,14 @@ class MailStore:
             subscribed = {name for name, in q.SUBSCRIBED_NAMES.all(conn, {"account_id": account_id})}
             rows = q.MAILBOXES_OF_ACCOUNT.all(conn, {"account_id": account_id})
             return tuple(_mailbox(r, r.name in subscribed) for r in rows), tuple(sorted(subscribed))
-        return await self._read(read)
+        return await self._read(read, light=True)
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = normalize_mailbox_name(name)
         def read(s: Session):
             row = q.MAILBOX_BY_NAME.first(s.connection(), {"account_id": account_id, "name": name})
             return _mailbox(row, self._is_subscribed(s, account_id, name)) if row else None
-        return await self._read(read)
+        return await self._read(read, light=True)
 
     async def create_mailbox(self, account_id: int, name: str,
                              special_use: SpecialUse | None = None, *, subscribe: bool = True) -> MailboxInfo:
@@ -814,10 +823,13 @@ class MailStore:
 
     async def mailbox_status(self, account_id: int, name: str) -> MailboxStatus:
         name = normalize_mailbox_name(name)
-        def read(s: Session):
+        def read(s: Session, largest: int | None = None) -> MailboxStatus | None:
             row = self._mailbox_row(s, account_id, name)
+            if largest is not None and row.uidnext - 1 > largest:
+                return None  # it may hold many entries, and counting them is a scan: not light
             return self._status(s, row, self._is_subscribed(s, account_id, name))
-        return await self._read(read)
+        status = await self._read(lambda s: read(s, LIGHT_ENTRIES), light=True)
+        return status if status is not None else await self._read(read)
 
     def _status(self, s: Session, row: Any, subscribed: bool) -> MailboxStatus:
         counts = s.connection().execute(q.MAILBOX_COUNTS, {
@@ -925,7 +937,7 @@ class MailStore:
                     q.SET_FIRST_RECENT.run(conn, {"mailbox_id": row.id, "first_recent_uid": uidnext})
                 return (first_recent, uidnext, row.id, row.uidvalidity), []
 
-            recent_from, recent_to, mailbox_id, uidvalidity = await self._write(claim)
+            recent_from, recent_to, mailbox_id, uidvalidity = await self._write(claim, light=True)
             self._raise_recent_floor((mailbox_id, uidvalidity), max(recent_from, recent_to))
         return recent_from, recent_to, mailbox_id
 
@@ -955,7 +967,7 @@ class MailStore:
                     results.append(FetchedMessage(_meta(row), row[len(_META_COLUMNS)], parse_cache,
                                                   bytes(row[index]) if raw else None))
             return tuple(results)
-        return await self._read(read)
+        return await self._read(read, light=not raw and len(uids) <= LIGHT_ENTRIES)
 
     async def fetch_parts(self, account_id: int, mailbox_id: int, uidvalidity: int, uids: Sequence[int], *,
                           cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:
@@ -1048,7 +1060,7 @@ class MailStore:
         done = asyncio.get_running_loop().create_future()
         self._recent_inflight[key] = (up_to_uid, done)
         try:
-            first, end = await self._write(op)
+            first, end = await self._write(op, light=True)
             self._raise_recent_floor(key, end)
             return first, end
         finally:
@@ -1248,7 +1260,7 @@ class MailStore:
             added = MessageAdded(row.id, uid, modseq, flags, _keywords_tuple(keyword_text))
             return (AppendResult(uidvalidity, uid), added, content_id), [added]
 
-        result, added, content_id = await self._write(op)
+        result, added, content_id = await self._write(op, light=len(raw) <= _PARSE_IN_THREAD_ABOVE)
         # The client that appends usually fetches the message next (and every session with the
         # mailbox selected hears of it): what FETCH would read back is all here already.
         meta = MessageMeta(uid=result.uid, flags=flags, keywords=added.keywords, modseq=added.modseq,
@@ -1297,7 +1309,7 @@ class MailStore:
             return CopyResult(uidvalidity, tuple(e.uid for e in entries),
                               tuple(first_uid + i for i in range(len(entries)))), changes
 
-        return await self._write(op)
+        return await self._write(op, light=len(uids) <= LIGHT_ENTRIES)
 
     def _expunge_uids(self, s: Session, mailbox_id: int, uids: Sequence[int]) -> MessagesExpunged:
         """Remove entries, record tombstones; content and usage handled by the caller."""
@@ -1308,8 +1320,13 @@ class MailStore:
         conn.execute(q.INSERT_TOMBSTONE, [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids])
         return MessagesExpunged(mailbox_id, tuple(uids), modseq)
 
-    async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None) -> tuple[int, ...]:
-        """Remove the entries flagged \\Deleted (only those in `uids` when given: RFC 4315 UID EXPUNGE)."""
+    async def expunge(self, account_id: int, mailbox_id: int, uids: Sequence[int] | None = None, *,
+                      mailbox_entries: int | None = None) -> tuple[int, ...]:
+        """Remove the entries flagged \\Deleted (only those in `uids` when given: RFC 4315 UID EXPUNGE).
+
+        `mailbox_entries`: how many entries the caller's view of the mailbox holds; finding the
+        \\Deleted ones is a scan of them, light when they are few (LIGHT_ENTRIES).
+        """
 
         def op(s: Session):
             self._owned_mailbox(s, account_id, mailbox_id)
@@ -1325,7 +1342,8 @@ class MailStore:
             self._collect_garbage(s, {e.message_id for e in entries})
             return change.uids, [change]
 
-        return await self._write(op)
+        light = mailbox_entries is not None and mailbox_entries <= LIGHT_ENTRIES
+        return await self._write(op, light=light)
 
     async def store_flags(self, account_id: int, mailbox_id: int, uids: Sequence[int], mode: str,
                           flags: int = 0, keywords: Sequence[str] = (), *,
@@ -1389,7 +1407,7 @@ class MailStore:
                 changes.append(FlagsChanged(mailbox_id, row.uid, modseq, new_flags, kw))
             return StoreResult(tuple(updates), tuple(sorted(failed))), changes
 
-        return await self._write(op)
+        return await self._write(op, light=len(uids) <= LIGHT_ENTRIES)
 
     # ---------------------------------------------------------------- quota
 

@@ -16,6 +16,10 @@ Operations of one kind that know how to run together (`engine.Batchable`:
 deliveries, finished queue items) are placed side by side and run as one, so a
 batch costs a few statements per kind rather than a few per operation: on
 PostgreSQL every statement is a round trip, and the batches run one at a time.
+
+A batch of light operations only (`submit(..., light=True)`: a few rows through an
+index) runs its statements on the loop thread on SQLite, its COMMIT still in the writer
+thread (storage/engine.py).
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ class GroupCommitWriter:
         self._db = db
         self._bus = bus
         self._max_batch = max_batch
-        self._queue: list[tuple[WriteOp, asyncio.Future, int]] = []
+        # (operation, caller's future, attempt, light)
+        self._queue: list[tuple[WriteOp, asyncio.Future, int, bool]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -52,12 +57,12 @@ class GroupCommitWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="casella-group-commit")
 
-    async def submit(self, op: WriteOp) -> Any:
+    async def submit(self, op: WriteOp, *, light: bool = False) -> Any:
         if self._closing:
             raise RuntimeError("store is closing")
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future, 1))
+        self._queue.append((op, future, 1, light))
         self._wakeup.set()
         # Shielded: a caller that goes away (client disconnect) must not cancel a batch.
         return await asyncio.shield(future)
@@ -80,24 +85,24 @@ class GroupCommitWriter:
             if self._closing:
                 return
 
-    def _retry(self, op: WriteOp, future: asyncio.Future, attempt: int, exc: BaseException) -> bool:
+    def _retry(self, op: WriteOp, future: asyncio.Future, attempt: int, light: bool, exc: BaseException) -> bool:
         """Queue an operation again after a deadlock or serialization failure; False if it may not be."""
         if attempt >= MAX_ATTEMPTS or not retryable(exc):  # _run drains the queue, even when closing
             return False
-        self._queue.append((op, future, attempt + 1))
+        self._queue.append((op, future, attempt + 1, light))
         self._wakeup.set()
         return True
 
     @staticmethod
-    def _arrange(batch: list[tuple[WriteOp, asyncio.Future, int]]) -> list[tuple[WriteOp, asyncio.Future, int]]:
+    def _arrange(batch: list[tuple[WriteOp, asyncio.Future, int, bool]]) -> list[tuple[WriteOp, asyncio.Future, int, bool]]:
         """Bring Batchables of one kind together (at the place of the first), the rest in arrival order.
 
         The writes of one batch were all pending at once (a caller that needs an order awaits
         its first write before it submits the next), so any order is a valid one; the batch
         runs, and its events go out, in this order.
         """
-        runs: list[list[tuple[WriteOp, asyncio.Future, int]]] = []
-        kinds: dict[Any, list[tuple[WriteOp, asyncio.Future, int]]] = {}
+        runs: list[list[tuple[WriteOp, asyncio.Future, int, bool]]] = []
+        kinds: dict[Any, list[tuple[WriteOp, asyncio.Future, int, bool]]] = {}
         for entry in batch:
             op = entry[0]
             if isinstance(op, Batchable):
@@ -112,25 +117,26 @@ class GroupCommitWriter:
                 runs.append([entry])
         return batch if len(runs) == len(batch) else [entry for run in runs for entry in run]
 
-    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future, int]]) -> None:
+    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future, int, bool]]) -> None:
         batch = self._arrange(batch)
         try:
-            outcomes = await self._db.write([op for op, _, _ in batch])
+            outcomes = await self._db.write([op for op, _, _, _ in batch],
+                                            inline=all(light for _, _, _, light in batch))
         except Exception as exc:  # the transaction failed: nobody's write is durable
             if len(batch) > 1 and not retryable(exc):
                 log.exception("group commit of %d operations failed", len(batch))
-            for op, future, attempt in batch:
-                if not future.done() and not self._retry(op, future, attempt, exc):
+            for op, future, attempt, light in batch:
+                if not future.done() and not self._retry(op, future, attempt, light, exc):
                     future.set_exception(exc)
             return
         self.batches += 1
         self.operations += len(batch)
         published: list[Change] = []
-        for (op, future, attempt), (result, exc) in zip(batch, outcomes):
+        for (op, future, attempt, light), (result, exc) in zip(batch, outcomes):
             if future.done():
                 continue
             if exc is not None:
-                if not self._retry(op, future, attempt, exc):
+                if not self._retry(op, future, attempt, light, exc):
                     future.set_exception(exc)
             else:
                 value, changes = result

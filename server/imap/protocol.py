@@ -975,7 +975,7 @@ class ImapSession(IMAP4Server):
         view = self.view
         if not view.readonly:
             # §6.4.2: CLOSE expunges silently.
-            await self.store.expunge(self.account.id, view.id)
+            await self.store.expunge(self.account.id, view.id, mailbox_entries=len(view.uids))
         self._close_mailbox()
         return b"CLOSE completed"
 
@@ -994,7 +994,7 @@ class ImapSession(IMAP4Server):
             raise No(NO_READONLY[3:])
         if uid and not uids:
             return b"EXPUNGE completed"
-        removed = await self.store.expunge(self.account.id, view.id, uids)
+        removed = await self.store.expunge(self.account.id, view.id, uids, mailbox_entries=len(view.uids))
         if removed and self.view is view:
             view.apply(MessagesExpunged(view.id, tuple(removed), 0))
         return b"EXPUNGE completed"
