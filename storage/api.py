@@ -276,6 +276,8 @@ class MailStore:
         # only grows) and whose account may differ too.
         self._recent_floor: dict[tuple[int, int], int] = {}
         self._recent_inflight: dict[tuple[int, int], tuple[int, asyncio.Future]] = {}
+        # Entries each mailbox held at its last STATUS here, by (account id, name): where to count next.
+        self._entries_counted: dict[tuple[int, str], int] = {}
         # IMAP FETCH's immutable reads (storage/contentcache.py).
         self.content_cache = EntryPartsCache(content_cache_bytes)
 
@@ -828,12 +830,21 @@ class MailStore:
             if largest is not None and row.uidnext - 1 > largest:
                 return None  # it may hold many entries, and counting them is a scan: not light
             return self._status(s, row, self._is_subscribed(s, account_id, name))
-        status = await self._read(lambda s: read(s, LIGHT_ENTRIES), light=True)
-        return status if status is not None else await self._read(read)
+        # Counting is a scan of the mailbox's entries: light if it held few at the last count
+        # here, or, never counted, if it never had more UIDs than that.
+        key = (account_id, name)
+        counted = self._entries_counted.get(key)
+        status = None
+        if counted is None or counted <= LIGHT_ENTRIES:
+            status = await self._read(lambda s: read(s, LIGHT_ENTRIES if counted is None else None), light=True)
+        if status is None:
+            status = await self._read(read)
+        self._entries_counted[key] = status.messages
+        return status
 
     def _status(self, s: Session, row: Any, subscribed: bool) -> MailboxStatus:
-        counts = s.connection().execute(q.MAILBOX_COUNTS, {
-            "mailbox_id": row.id, "seen_flag": int(Flag.SEEN), "first_recent_uid": row.first_recent_uid}).one()
+        counts = q.MAILBOX_COUNTS.one(s.connection(), {
+            "mailbox_id": row.id, "seen_flag": int(Flag.SEEN), "first_recent_uid": row.first_recent_uid})
         return MailboxStatus(_mailbox(row, subscribed), int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
 
     async def list_status(self, account_id: int) -> tuple[MailboxStatus, ...]:
@@ -1096,7 +1107,7 @@ class MailStore:
         ids = list(content_ids)
         conn = s.connection()
         for start in range(0, len(ids), 500):
-            conn.execute(q.DELETE_UNREFERENCED_CONTENTS, {"ids": ids[start:start + 500]})
+            q.DELETE_UNREFERENCED_CONTENTS.run(conn, {"ids": ids[start:start + 500]})
 
     async def _prepare_content(self, raw: bytes) -> tuple[str, int, dict]:
         def work() -> tuple[str, int, dict]:
@@ -1316,7 +1327,7 @@ class MailStore:
         modseq = self._bump_modseq(s, mailbox_id)
         conn = s.connection()
         for start in range(0, len(uids), 500):
-            conn.execute(q.DELETE_ENTRIES_BY_UIDS, {"mailbox_id": mailbox_id, "uids": list(uids[start:start + 500])})
+            q.DELETE_ENTRIES_BY_UIDS.run(conn, {"mailbox_id": mailbox_id, "uids": list(uids[start:start + 500])})
         conn.execute(q.INSERT_TOMBSTONE, [{"mailbox_id": mailbox_id, "uid": uid, "modseq": modseq} for uid in uids])
         return MessagesExpunged(mailbox_id, tuple(uids), modseq)
 
@@ -1368,8 +1379,8 @@ class MailStore:
                     "mailbox_id": mailbox_id, "lo": uid_list[0], "hi": uid_list[-1]})
             else:
                 for start in range(0, len(uid_list), 5000):
-                    rows.extend(conn.execute(q.ENTRY_FLAGS_IN, {
-                        "mailbox_id": mailbox_id, "uids": uid_list[start:start + 5000]}).all())
+                    rows.extend(q.ENTRY_FLAGS_IN.all(conn, {
+                        "mailbox_id": mailbox_id, "uids": uid_list[start:start + 5000]}))
             failed, pending = [], []
             for row in rows:
                 if unchanged_since is not None and row.modseq > unchanged_since:
@@ -1395,8 +1406,8 @@ class MailStore:
                 groups.setdefault((new_flags, keyword_text), []).append(row.id)
             for (new_flags, keyword_text), ids in groups.items():
                 for start in range(0, len(ids), 500):
-                    conn.execute(q.SET_FLAGS_BY_IDS, {"ids": ids[start:start + 500], "new_flags": new_flags,
-                                                      "new_keywords": keyword_text, "new_modseq": modseq})
+                    q.SET_FLAGS_BY_IDS.run(conn, {"ids": ids[start:start + 500], "new_flags": new_flags,
+                                                   "new_keywords": keyword_text, "new_modseq": modseq})
             updates, changes = [], []
             keyword_tuples: dict[str, tuple[str, ...]] = {}
             for row, new_flags, keyword_text in sorted(pending, key=lambda item: item[0].uid):

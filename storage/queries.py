@@ -86,9 +86,9 @@ MAILBOX_KEYWORDS = select(entries.c.uid, entries.c.keywords).where(
     entries.c.mailbox_id == bindparam("mailbox_id"), entries.c.keywords != "")
 
 # ---- imap (issue 5): STORE on many messages, one UPDATE per group of equal new flags
-SET_FLAGS_BY_IDS = (update(entries).where(entries.c.id.in_(bindparam("ids", expanding=True)))
-                    .values(flags=bindparam("new_flags"), keywords=bindparam("new_keywords"),
-                            modseq=bindparam("new_modseq")))
+SET_FLAGS_BY_IDS = FastStatement(update(entries).where(entries.c.id.in_(bindparam("ids", expanding=True)))
+                                 .values(flags=bindparam("new_flags"), keywords=bindparam("new_keywords"),
+                                         modseq=bindparam("new_modseq")))
 
 ENTRY_FLAG_COLUMNS = (entries.c.id, entries.c.uid, entries.c.flags, entries.c.keywords, entries.c.modseq)
 
@@ -215,29 +215,29 @@ SUBSCRIBED_NAMES = FastStatement(select(subscriptions.c.name)
                                  .where(subscriptions.c.account_id == bindparam("account_id")))
 
 # STATUS counts (RFC 3501 §6.3.10): messages, unseen, recent, bytes.
-MAILBOX_COUNTS = select(
+MAILBOX_COUNTS = FastStatement(select(
     func.count(),
     func.coalesce(func.sum(case((entries.c.flags.op("&")(bindparam("seen_flag")) == 0, 1), else_=0)), 0),
     func.coalesce(func.sum(case((entries.c.uid >= bindparam("first_recent_uid"), 1), else_=0)), 0),
     func.coalesce(func.sum(entries.c.size), 0),
-).where(entries.c.mailbox_id == bindparam("mailbox_id"))
+).where(entries.c.mailbox_id == bindparam("mailbox_id")))
 
 
 # ---- imap: the write side of EXPUNGE and STORE (the bulk of imaptest's writes)
 tombstones = ExpungeRow.__table__
 outbound = OutboundRow.__table__
 
-DELETE_ENTRIES_BY_UIDS = delete(entries).where(entries.c.mailbox_id == bindparam("mailbox_id"),
-                                               entries.c.uid.in_(bindparam("uids", expanding=True)))
+DELETE_ENTRIES_BY_UIDS = FastStatement(delete(entries).where(entries.c.mailbox_id == bindparam("mailbox_id"),
+                                                            entries.c.uid.in_(bindparam("uids", expanding=True))))
 
 INSERT_TOMBSTONE = insert(tombstones)
 
 # Contents no mailbox entry or queued message refers to any more.
-DELETE_UNREFERENCED_CONTENTS = delete(messages).where(
+DELETE_UNREFERENCED_CONTENTS = FastStatement(delete(messages).where(
     messages.c.id.in_(bindparam("ids", expanding=True)),
     ~exists().where(entries.c.message_id == messages.c.id),
-    ~exists().where(outbound.c.message_id == messages.c.id))
+    ~exists().where(outbound.c.message_id == messages.c.id)))
 
 _FLAG_ROWS = select(*ENTRY_FLAG_COLUMNS).where(entries.c.mailbox_id == bindparam("mailbox_id"))
 ENTRY_FLAGS_BETWEEN = FastStatement(_FLAG_ROWS.where(entries.c.uid.between(bindparam("lo"), bindparam("hi"))))
-ENTRY_FLAGS_IN = _FLAG_ROWS.where(entries.c.uid.in_(bindparam("uids", expanding=True)))
+ENTRY_FLAGS_IN = FastStatement(_FLAG_ROWS.where(entries.c.uid.in_(bindparam("uids", expanding=True))))

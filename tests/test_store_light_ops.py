@@ -107,6 +107,7 @@ async def test_status_of_a_large_mailbox_is_counted_in_a_thread(sqlite_store, mo
     account = await make_account(store)
     for _ in range(3):
         await store.append(account.id, "INBOX", RAW)
+    inbox = await store.get_mailbox(account.id, "INBOX")
     reads: list[bool] = []
     real_read = store.db.read
 
@@ -117,7 +118,21 @@ async def test_status_of_a_large_mailbox_is_counted_in_a_thread(sqlite_store, mo
     monkeypatch.setattr(store.db, "read", read)
     assert (await store.mailbox_status(account.id, "INBOX")).messages == 3
     assert reads == [True]
-    monkeypatch.setattr("storage.api.LIGHT_ENTRIES", 2)  # UIDNEXT 4: three entries may be there
+    monkeypatch.setattr("storage.api.LIGHT_ENTRIES", 2)
     reads.clear()
-    assert (await store.mailbox_status(account.id, "INBOX")).messages == 3
+    assert (await store.mailbox_status(account.id, "INBOX")).messages == 3  # three at the last count
+    assert reads == [False]
+    # Never counted, and UIDNEXT 4: three entries may be there.
+    await store.create_mailbox(account.id, "Big")
+    big = await store.get_mailbox(account.id, "Big")
+    await store.copy(account.id, inbox.id, [1, 2, 3], "Big", move=True)
+    reads.clear()
+    assert (await store.mailbox_status(account.id, "Big")).messages == 3
     assert reads == [True, False]
+    # Expunged down to one: counted in a thread once more, then light again.
+    await store.store_flags(account.id, big.id, [1, 2], "add", 8)
+    await store.expunge(account.id, big.id)
+    reads.clear()
+    assert (await store.mailbox_status(account.id, "Big")).messages == 1
+    assert (await store.mailbox_status(account.id, "Big")).messages == 1
+    assert reads == [False, True]
