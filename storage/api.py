@@ -110,7 +110,9 @@ MIN_PASSWORD_LENGTH = 8
 _PARSE_IN_THREAD_ABOVE = 256 * 1024
 #: Operations on at most this many entries (STORE, COPY) or mailboxes at most this large (STATUS,
 #: EXPUNGE) are light: on SQLite their statements run on the loop thread (storage/engine.py).
-LIGHT_ENTRIES = 2000
+#: A FETCH that decodes parse caches (ENVELOPE, BODYSTRUCTURE) is light up to LIGHT_PARSED.
+LIGHT_ENTRIES = 500
+LIGHT_PARSED = 50
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -978,7 +980,7 @@ class MailStore:
                     results.append(FetchedMessage(_meta(row), row[len(_META_COLUMNS)], parse_cache,
                                                   bytes(row[index]) if raw else None))
             return tuple(results)
-        return await self._read(read, light=not raw and len(uids) <= LIGHT_ENTRIES)
+        return await self._read(read, light=not raw and len(uids) <= (LIGHT_PARSED if cache else LIGHT_ENTRIES))
 
     async def fetch_parts(self, account_id: int, mailbox_id: int, uidvalidity: int, uids: Sequence[int], *,
                           cache: bool = False, raw: bool = False) -> tuple[FetchedMessage, ...]:

@@ -136,3 +136,27 @@ async def test_status_of_a_large_mailbox_is_counted_in_a_thread(sqlite_store, mo
     assert (await store.mailbox_status(account.id, "Big")).messages == 1
     assert (await store.mailbox_status(account.id, "Big")).messages == 1
     assert reads == [False, True]
+
+
+async def test_fetch_is_light_only_for_a_few_entries_and_no_bodies(sqlite_store, monkeypatch):
+    from storage.api import LIGHT_ENTRIES, LIGHT_PARSED
+
+    store, _ = sqlite_store
+    account = await make_account(store)
+    await store.append(account.id, "INBOX", RAW)
+    inbox = await store.get_mailbox(account.id, "INBOX")
+    reads: list[bool] = []
+    real_read = store.db.read
+
+    async def read(fn, *, inline=False):
+        reads.append(inline)
+        return await real_read(fn, inline=inline)
+
+    monkeypatch.setattr(store.db, "read", read)
+    many = list(range(1, LIGHT_ENTRIES + 2))
+    for uids, kwargs, light in (([1], {}, True), (many[:LIGHT_ENTRIES], {}, True), (many, {}, False),
+                                (many[:LIGHT_PARSED], {"cache": True}, True),
+                                (many[:LIGHT_PARSED + 1], {"cache": True}, False), ([1], {"raw": True}, False)):
+        reads.clear()
+        fetched = await store.fetch(account.id, inbox.id, uids, **kwargs)
+        assert [m.meta.uid for m in fetched] == [1] and reads == [light]
