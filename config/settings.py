@@ -62,6 +62,9 @@ class ServerSettings(Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Seconds SIGTERM waits for in-flight work before closing everything.
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    # How long the busy event loop may hold the GIL before a thread that waits for it (a COMMIT
+    # returning from its fsync) gets it: Python's default is 5 ms, paid by every write's caller.
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
 
 
 class DatabaseSettings(Strict):

@@ -258,6 +258,10 @@ def serve(config_file: str | None = None, *, dev: bool = False) -> int:
         print(f"casella: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.server.log_format, settings.server.log_level)
+    # The loop thread is busy most of the time under load; threads hand results back through the
+    # GIL (SQLite COMMITs, password hashes). imaptest logout=0, same-run medians of 7 alternating
+    # runs: 1,759 -> 1,976 commands/s with 0.5 ms instead of 5 ms.
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     reactor = install_reactor(loop)

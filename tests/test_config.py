@@ -30,6 +30,8 @@ def test_dev_profile_is_below_environment(monkeypatch):
     ("[smtp]\nmax_recipients = 'many'\n", "smtp.max_recipients"),
     ("[smtp]\nno_such_key = 1\n", "smtp.no_such_key"),
     ("[pop3]\ndelete_policy = 'shred'\n", "pop3.delete_policy"),
+    ("[server]\ngil_switch_interval_ms = 0\n", "server.gil_switch_interval_ms"),
+    ("[database]\nsqlite_inline = 'sometimes'\n", "database.sqlite_inline"),
 ])
 def test_invalid_values_name_the_key_and_the_file(tmp_path, text, needle):
     config = tmp_path / "bad.toml"
