@@ -22,6 +22,19 @@ async def sqlite_store(tmp_path):
     await store.close()
 
 
+def _record_reads(store, monkeypatch) -> list[bool]:
+    """Whether each store read from now on is asked to run inline (light) or in a thread."""
+    reads: list[bool] = []
+    real_read = store.db.read
+
+    async def read(fn, *, inline=False):
+        reads.append(inline)
+        return await real_read(fn, inline=inline)
+
+    monkeypatch.setattr(store.db, "read", read)
+    return reads
+
+
 async def _ticks_while(coro, interval: float = 0.01) -> tuple[object, float]:
     """Run `coro`; return its result and the longest gap between ticks of another task meanwhile."""
     gaps: list[float] = []
@@ -108,14 +121,7 @@ async def test_status_of_a_large_mailbox_is_counted_in_a_thread(sqlite_store, mo
     for _ in range(3):
         await store.append(account.id, "INBOX", RAW)
     inbox = await store.get_mailbox(account.id, "INBOX")
-    reads: list[bool] = []
-    real_read = store.db.read
-
-    async def read(fn, *, inline=False):
-        reads.append(inline)
-        return await real_read(fn, inline=inline)
-
-    monkeypatch.setattr(store.db, "read", read)
+    reads = _record_reads(store, monkeypatch)
     assert (await store.mailbox_status(account.id, "INBOX")).messages == 3
     assert reads == [True]
     monkeypatch.setattr("storage.api.LIGHT_ENTRIES", 2)
@@ -145,14 +151,7 @@ async def test_fetch_is_light_only_for_a_few_entries_and_no_bodies(sqlite_store,
     account = await make_account(store)
     await store.append(account.id, "INBOX", RAW)
     inbox = await store.get_mailbox(account.id, "INBOX")
-    reads: list[bool] = []
-    real_read = store.db.read
-
-    async def read(fn, *, inline=False):
-        reads.append(inline)
-        return await real_read(fn, inline=inline)
-
-    monkeypatch.setattr(store.db, "read", read)
+    reads = _record_reads(store, monkeypatch)
     many = list(range(1, LIGHT_ENTRIES + 2))
     for uids, kwargs, light in (([1], {}, True), (many[:LIGHT_ENTRIES], {}, True), (many, {}, False),
                                 (many[:LIGHT_PARSED], {"cache": True}, True),
