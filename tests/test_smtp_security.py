@@ -98,6 +98,10 @@ def test_tls_handshake_garbage_does_not_hurt_server(server, user):
     again = Raw(server)
     assert again.cmd(b"NOOP").startswith(b"250")
     again.close()
+    # The client's mistake is noted, not logged as an error of ours with a traceback.
+    log = server.daemon.log_text()
+    assert "TLS handshake after STARTTLS failed" in log and "reason=TLS handshake failed" in log
+    assert "smtp internal error" not in log
 
 
 def test_terminator_split_across_packets_and_empty_message(server, user):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from warnings import warn
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, _AuthMechAttr, TLSSetupException, login_always_fail
 
 from config import TlsMode
 
@@ -559,7 +559,11 @@ class SmtpConnection(SMTP):
         if self.tls_active:  # aiosmtpd would start TLS inside TLS
             await self.push(replies.TLS_ACTIVE)
             return
-        await super().smtp_STARTTLS(arg)
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException:
+            self.close_reason = "TLS handshake failed"  # aiosmtpd closes the connection
+            raise
 
     async def smtp_HELO(self, hostname: str) -> None:
         await super().smtp_HELO(hostname)

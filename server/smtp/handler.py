@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, AuthResult
+from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
 from server.auth import AuthResult as Verdict
 from storage import InvalidName
@@ -264,6 +264,11 @@ class SmtpHandler:
         return replies.VRFY_CANNOT  # RFC 5321 §3.5.3: no user enumeration
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that sent something other than a TLS handshake after STARTTLS: its
+            # mistake, not ours; aiosmtpd closes the connection after this.
+            log.info("smtp: TLS handshake after STARTTLS failed: %s", error.__cause__ or error)
+            return replies.INTERNAL_ERROR
         log.exception("smtp internal error: %s", error)
         return replies.INTERNAL_ERROR
 
