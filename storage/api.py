@@ -106,7 +106,7 @@ HIERARCHY_DELIMITER = "/"
 MAX_MAILBOX_NAME = 1000
 MIN_PASSWORD_LENGTH = 8
 # Messages bigger than this are parsed in a thread so a 50 MB upload never stalls the loop
-# (and stored from the writer thread: see LIGHT_ENTRIES).
+# (and an APPEND of one is not a light write: see LIGHT_ENTRIES).
 _PARSE_IN_THREAD_ABOVE = 256 * 1024
 #: Operations on at most this many entries (STORE, COPY) or mailboxes at most this large (STATUS,
 #: EXPUNGE) are light: on SQLite their statements run on the loop thread (storage/engine.py).
@@ -210,6 +210,11 @@ def _keywords_tuple(text: str) -> tuple[str, ...]:
 def _as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything we store is UTC.
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _internaldate_to_store(value: datetime | None) -> datetime:
+    """UTC, now if not given: SQLite keeps no offset, so another zone would come back as the wrong instant."""
+    return (value or datetime.now(timezone.utc)).astimezone(timezone.utc)
 
 
 _DUMMY: list[str] = []
@@ -1137,9 +1142,7 @@ class MailStore:
         group-commit writer are written together (`_deliver_many`).
         """
         digest, header_size, cache = await self._prepare_content(raw)
-        # Stored as UTC: SQLite keeps no offset, so another zone would come back as the wrong instant.
-        when = (internaldate or datetime.now(timezone.utc)).astimezone(timezone.utc)
-        job = _DeliveryJob(raw, digest, header_size, cache, when,
+        job = _DeliveryJob(raw, digest, header_size, cache, _internaldate_to_store(internaldate),
                            sorted(set(account_ids)), mailbox, enforce_quota, outbound_from or "", tuple(outbound_to))
         return await self._write(Batchable(self._deliver_many, job))
 
@@ -1258,7 +1261,7 @@ class MailStore:
         """IMAP APPEND (RFC 3501 §6.3.11); raises OverQuota (RFC 9208) and NoSuchMailbox."""
         mailbox = normalize_mailbox_name(mailbox)
         digest, header_size, cache = await self._prepare_content(raw)
-        when = (internaldate or datetime.now(timezone.utc)).astimezone(timezone.utc)  # as in deliver
+        when = _internaldate_to_store(internaldate)
         keyword_text = _keywords_str(keywords)
 
         def op(s: Session):

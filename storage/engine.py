@@ -259,14 +259,9 @@ class SqliteDatabase(Database):
         try:
             session.connection()  # BEGIN IMMEDIATE, failing at once if the database is locked
             outcomes = _run_batch(session, fns, isolate=False)
-        except _BUSY_ERRORS as exc:
+        except Exception as exc:
             session.close()
-            if _is_busy(exc) or len(fns) > 1:
-                return None
-            raise
-        except Exception:
-            session.close()
-            if len(fns) > 1:
+            if len(fns) > 1 or (isinstance(exc, _BUSY_ERRORS) and _is_busy(exc)):
                 return None
             raise
         finally:
